@@ -209,6 +209,7 @@ def load_student(path: str | Path) -> Student:
         student = build_student(meta["student"])
         _load_strict(student, load_file(str(path)), path)
         student.calibration = Calibration.from_dict(meta.get("calibration"))
+        _restore_spec(student, meta.get("network_input"))
         return student.eval()
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -221,7 +222,17 @@ def load_student(path: str | Path) -> Student:
     state = {k[len("student.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("student.")}
     _load_strict(student, state, path)
     student.calibration = Calibration.from_dict(hp.get("calibration"))
+    _restore_spec(student, hp.get("input_spec"))
     return student.eval()
+
+
+def _restore_spec(student: Student, spec: dict[str, Any] | None) -> None:
+    """Use the input spec stored with the weights (it can differ from the architecture's default, e.g. a
+    student initialised from a teacher that crops tighter)."""
+    if spec:
+        from aikd.preprocess import InputSpec
+
+        student.backbone.input_spec = InputSpec.from_dict(spec)
 
 
 def _load_strict(student: Student, state: dict[str, torch.Tensor], path: Path) -> None:

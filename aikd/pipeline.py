@@ -49,6 +49,8 @@ class RunContext:
 
 
 STAGES: dict[str, Callable[[RunContext], None]] = {}
+#: Stages that only write reports or files: run once (global rank 0) when every rank runs the script (DDP).
+RANK_ZERO_STAGES = ("preview", "evaluate", "export")
 
 
 def stage(name: str) -> Callable[[Callable[[RunContext], None]], Callable[[RunContext], None]]:
@@ -250,7 +252,26 @@ def build_student_from_config(cfg: DictConfig, teacher: Any) -> Any:
             p.requires_grad_(True)
         student.set_trainable(student.trainable)
         student.backbone.input_spec = teacher.input_spec
+        _copy_teacher_heads(student, teacher)
     return student
+
+
+def _copy_teacher_heads(student: Any, teacher: Any) -> None:
+    """Start the student's embedding projection and quality head from the teacher's where they have the same
+    shapes (a linear student head, ``hidden=0``, and a teacher without projection): the student then begins by
+    reproducing the teacher exactly and only has to learn to keep doing so on misaligned faces."""
+    copied = []
+    for name in ("quality_head", "projection"):
+        mine, theirs = getattr(student, name, None), getattr(teacher, name, None)
+        if theirs is None or type(mine) is not type(theirs) or not any(True for _ in theirs.parameters()):
+            continue
+        try:
+            mine.load_state_dict(theirs.state_dict())
+            copied.append(name)
+        except RuntimeError:  # other shapes: keep the fresh initialisation
+            continue
+    if copied:
+        log.info("student initialised from the teacher: backbone, %s", ", ".join(copied))
 
 
 @stage("distill")
@@ -398,9 +419,18 @@ def build_methods(ctx: RunContext, index: Any, comparator: Any) -> dict[str, Any
             option = name.split(":", 1)[1]
             methods[name] = ModelQuality(build_extra_teacher(ctx, option))
         elif name == "student":
-            if "student" not in ctx.components:
-                raise ValueError("evaluation.methods has 'student' but no student was trained (add the distill stage)")
-            methods["student"] = ModelQuality(ctx.components["student"])
+            student = ctx.components.get("student")
+            path = ctx.cfg.evaluation.get("student")
+            if student is None and path:
+                from aikd.export import load_student
+
+                student = ctx.components["student"] = load_student(path)
+            if student is None:
+                raise ValueError(
+                    "evaluation.methods has 'student' but no student: add the distill stage, or set "
+                    "evaluation.student=<student .safetensors or distillation .ckpt>"
+                )
+            methods["student"] = ModelQuality(student)
         elif name == "fr_norm":
             if isinstance(comparator, _TeacherEmbedding):
                 raise ValueError("fr_norm needs a backbone comparator (evaluation.comparator.name=<backbone>)")
@@ -563,15 +593,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown} in 'stages'; available: {list(STAGES)}")
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    rank = int(getattr(rank_zero_only, "rank", 0) or 0)
     try:
         for name in cfg.stages:
+            if rank != 0 and name in RANK_ZERO_STAGES:
+                # Under `ddp` every rank runs this script; reports and exports are written once, by rank 0.
+                log.info("=== stage %s: skipped on rank %d", name, rank)
+                continue
             t0 = time.perf_counter()
             log.info("=== stage %s", name)
             STAGES[name](ctx)
             ctx.results.setdefault("timings_s", {})[name] = round(time.perf_counter() - t0, 2)
             ctx.results.setdefault("peak_rss_mb", {})[name] = peak_rss_mb()
         ctx.results["config"] = OmegaConf.to_container(cfg, resolve=False)
-        write_json(output_dir / "results.json", ctx.results)
+        if rank == 0:
+            write_json(output_dir / "results.json", ctx.results)
     finally:
         _finish_wandb(ctx)
     log.info("results: %s", output_dir)

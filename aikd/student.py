@@ -34,7 +34,8 @@ class Student(nn.Module):
         embedding_dim: size of the student's embedding; a linear projection is added when it differs from the
             backbone's (set it to the teacher's embedding size for the consistency loss). ``None`` keeps the
             backbone's.
-        hidden: width of the quality head's hidden layer (AI-KD: 1024).
+        hidden: width of the quality head's hidden layer (AI-KD: 1024); ``0`` makes the head a single linear
+            layer (like CR-FIQA's ``qs``), which can be initialised from a teacher's head.
         trainable: ``"all"``, or ``"head"`` (backbone frozen) - AI-KD trains only the last layers of a
             pretrained FR backbone; with ``"last:K"`` the last K parameter tensors of the backbone stay trainable.
     """
@@ -65,7 +66,12 @@ class Student(nn.Module):
         d = int(backbone.embedding_dim)
         self.embedding_dim = int(embedding_dim or d)
         self.projection = nn.Identity() if self.embedding_dim == d else nn.Linear(d, self.embedding_dim)
-        self.quality_head = nn.Sequential(nn.Linear(self.embedding_dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        if hidden > 0:
+            self.quality_head: nn.Module = nn.Sequential(
+                nn.Linear(self.embedding_dim, hidden), nn.GELU(), nn.Linear(hidden, 1)
+            )
+        else:
+            self.quality_head = nn.Linear(self.embedding_dim, 1)
         self.calibration = Calibration()
         self.set_trainable(trainable)
 

@@ -256,6 +256,15 @@ class EmbeddingTeacher(Teacher):
         for i, p in enumerate(params):
             p.requires_grad_(i >= len(params) - keep)
 
+    def adopt_backbone(self, net: nn.Module, quality_head: nn.Module | None = None) -> None:
+        """Use an already loaded network (an official checkpoint) as the backbone: its input spec comes with it,
+        and it stays frozen like any teacher backbone."""
+        self.backbone = net
+        self.input_spec = net.input_spec
+        if quality_head is not None:
+            self.quality_head = quality_head
+        self._set_backbone_trainable(self.trainable_backbone)
+
     @property
     def backbone_frozen(self) -> bool:
         return self.trainable_backbone == "none"

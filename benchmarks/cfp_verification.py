@@ -51,18 +51,27 @@ def main(argv: list[str] | None = None) -> dict:
         index = index.with_landmarks(lms)
     net = create_backbone(args.backbone, weights=args.weights).eval()
     g = net.input_spec.geometry
-    key = cache_key(module_fingerprint(net, args.backbone), dataset_fingerprint(index), canvas, {"geometry": g.to_dict()})
+    key = cache_key(
+        module_fingerprint(net, args.backbone), dataset_fingerprint(index), canvas, {"geometry": g.to_dict()}
+    )
     cache = RowCache(cache_dir("embeddings") / key, len(index), {"embedding": ((net.embedding_dim,), np.float32)})
     t0 = time.perf_counter()
 
     def compute(b: dict) -> dict:
-        crops, _ = misalign(b["image"], b["landmarks"], g, MisalignParams.identity(len(b["index"])), b["canvas_from_source"])
+        crops, _ = misalign(
+            b["image"], b["landmarks"], g, MisalignParams.identity(len(b["index"])), b["canvas_from_source"]
+        )
         return {"embedding": net(crops)}
 
     fill_cache(cache, index, canvas, compute, batch_size=args.batch, desc=f"{args.backbone} embeddings")
     embed_s = time.perf_counter() - t0
     emb = np.asarray(cache.arrays["embedding"])
-    out: dict = {"backbone": args.backbone, "missing_landmarks": n_missing, "missing_policy": args.missing, "embed_s": embed_s}
+    out: dict = {
+        "backbone": args.backbone,
+        "missing_landmarks": n_missing,
+        "missing_policy": args.missing,
+        "embed_s": embed_s,
+    }
     for protocol in ("FF", "FP"):
         pairs = read_cfp_pairs(args.cfp, index, protocol)
         ok = cache.done[pairs.a] & cache.done[pairs.b]

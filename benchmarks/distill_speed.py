@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = args.threads
-        sess = ort.InferenceSession(str(args.run / "export" / export_meta["files"]["onnx"]), opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(
+            str(args.run / "export" / export_meta["files"]["onnx"]), opts, providers=["CPUExecutionProvider"]
+        )
         x = torch.rand(args.batch, 3, sh, sw).numpy()
         out["student_onnx_img_s"] = _rate(lambda a: sess.run(None, {"faces": a}), x, args.repeats)  # type: ignore[arg-type]
     print(f"scoring, batch {args.batch}, {args.threads} threads (images/s):")
@@ -84,8 +86,14 @@ def _training_throughput(args: argparse.Namespace, teacher) -> dict:  # noqa: AN
         from aikd.pipeline import build_student_from_config
 
         student = build_student_from_config(cfg, teacher)
-        module = DistillModule(student, misalign=instantiate(cfg.misalign), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4))
-        caches = {"train": teacher_score_cache(teacher, dm.index("train"), dm.canvas, cache_dir("teacher_scores"))} if mode == "cache" else {}
+        module = DistillModule(
+            student, misalign=instantiate(cfg.misalign), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4)
+        )
+        caches = (
+            {"train": teacher_score_cache(teacher, dm.index("train"), dm.canvas, cache_dir("teacher_scores"))}
+            if mode == "cache"
+            else {}
+        )
         module.attach_teacher(teacher, caches)
 
         class Clock(pl.Callback):
@@ -103,8 +111,14 @@ def _training_throughput(args: argparse.Namespace, teacher) -> dict:  # noqa: AN
 
         clock = Clock()
         trainer = pl.Trainer(
-            max_steps=args.steps + 2, accelerator="cpu", logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[clock],
+            max_steps=args.steps + 2,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            callbacks=[clock],
         )
         trainer.fit(module, datamodule=dm)
         res[f"train_{mode}_img_s"] = clock.n / (time.perf_counter() - clock.t0)

@@ -33,18 +33,35 @@ def main(argv: list[str] | None = None) -> list[dict]:
             out = Path(tmp) / f"n{n}"
             n_train = int(n * 0.75)
             cmd = [
-                sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={out}",
-                "stages=[prepare,teacher,distill]", "trainer.max_epochs=1", "teacher.fit.epochs=1",
-                f"data.train.n_identities={n}", f"data.train.images_per_identity={args.images}",
-                f"data.train.identities=[0,{n_train - 1}]", f"data.val.identities=[{n_train},{n - 1}]",
-                f"data.num_workers={args.workers}", "logger=none",
+                sys.executable,
+                str(ROOT / "train.py"),
+                f"hydra.run.dir={out}",
+                "stages=[prepare,teacher,distill]",
+                "trainer.max_epochs=1",
+                "teacher.fit.epochs=1",
+                f"data.train.n_identities={n}",
+                f"data.train.images_per_identity={args.images}",
+                f"data.train.identities=[0,{n_train - 1}]",
+                f"data.val.identities=[{n_train},{n - 1}]",
+                f"data.num_workers={args.workers}",
+                "logger=none",
             ]
             env = {**os.environ, "AIKD_CACHE": str(Path(tmp) / "cache")}
             subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             res = json.loads((out / "results.json").read_text())
             rss = res["peak_rss_mb"]["distill"]
-            rows.append({"identities": n, "images": n * args.images, "process_mb": rss["process"], "largest_child_mb": rss["largest_child"]})
-            print(f"{n * args.images:7d} images: peak RSS {rss['process']:8.1f} MB (main), {rss['largest_child']:8.1f} MB (largest loader worker)")
+            rows.append(
+                {
+                    "identities": n,
+                    "images": n * args.images,
+                    "process_mb": rss["process"],
+                    "largest_child_mb": rss["largest_child"],
+                }
+            )
+            print(
+                f"{n * args.images:7d} images: peak RSS {rss['process']:8.1f} MB (main), "
+                f"{rss['largest_child']:8.1f} MB (largest loader worker)"
+            )
     return rows
 
 

@@ -53,9 +53,7 @@ class AdaFaceTeacher(EmbeddingTeacher):
             # The shell records the architecture, so a saved teacher rebuilds the network without the checkpoint
             # (the IR backbones always carry AdaFace's BGR input spec).
             super().__init__(arch, None, None, projection_dim=None, quality_head=False)
-            self.backbone = net
-            self.input_spec = net.input_spec
-            self._set_backbone_trainable(self.trainable_backbone)  # the loaded network stays frozen too
+            self.adopt_backbone(net)
         else:
             super().__init__(backbone, backbone_weights, backbone_kwargs, projection_dim, trainable_backbone, False)
         self.record_config(**self.config, checkpoint=checkpoint, arch=arch)

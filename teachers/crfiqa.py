@@ -45,10 +45,7 @@ class CRFIQATeacher(EmbeddingTeacher):
             net, head = load_crfiqa(checkpoint, arch)
             arch = str(getattr(net, "arch", None) or arch)
             super().__init__(arch, backbone_weights=None, projection_dim=None, trainable_backbone="none")
-            self.backbone = net  # the loaded network, with the checkpoint's preprocessing preset
-            self.input_spec = net.input_spec
-            self.quality_head = head
-            self._set_backbone_trainable("none")
+            self.adopt_backbone(net, head)  # the loaded network, with the checkpoint's preprocessing preset
         else:
             super().__init__(backbone, backbone_weights, backbone_kwargs, projection_dim, trainable_backbone)
         self.record_config(**self.config, checkpoint=checkpoint, arch=arch)

@@ -69,9 +69,7 @@ class MagFaceTeacher(EmbeddingTeacher):
             # The shell records what a saved teacher needs to rebuild this network without the checkpoint: the
             # architecture and the MagFace preset (its BatchNorm eps and BGR input differ from ArcFace's).
             super().__init__(arch, None, {"preset": "magface"}, projection_dim=None, quality_head=False)
-            self.backbone = net
-            self.input_spec = net.input_spec
-            self._set_backbone_trainable(self.trainable_backbone)  # the loaded network stays frozen too
+            self.adopt_backbone(net)
         else:
             super().__init__(backbone, backbone_weights, backbone_kwargs, projection_dim, trainable_backbone, False)
         if ofiq_calibration:

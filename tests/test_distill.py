@@ -205,3 +205,34 @@ def test_export_round_trip(tmp_path: Path) -> None:
     back = load_student(out["files"]["safetensors"])
     torch.testing.assert_close(back(x).quality, ref)
     assert back.calibration.to_dict() == student.calibration.to_dict()
+
+
+def test_student_from_teacher_starts_as_the_teacher(tmp_path: Path) -> None:
+    """backbone=teacher, backbone_weights=teacher and a linear head: before training the student IS the teacher."""
+    from omegaconf import OmegaConf
+
+    from aikd.pipeline import build_student_from_config
+
+    cls = TEACHERS.get("crfiqa")
+    teacher = create_teacher("crfiqa", **{**cls.example_kwargs, "projection_dim": None})
+    cfg = OmegaConf.create(
+        {
+            "backbone": {
+                "_target_": "aikd.student.Student",
+                "backbone": "teacher",
+                "backbone_weights": "teacher",
+                "backbone_kwargs": {},
+                "embedding_dim": None,
+                "hidden": 0,
+                "trainable": "last:4",
+            }
+        }
+    )
+    student = build_student_from_config(cfg, teacher).eval()
+    h, w = teacher.input_spec.size
+    faces = torch.rand(4, 3, h, w)
+    torch.testing.assert_close(student(faces).quality, teacher(faces).quality)
+    torch.testing.assert_close(student(faces).embedding, teacher(faces).embedding)
+    trainable = [p for p in student.backbone.parameters() if p.requires_grad]
+    assert len(trainable) == 4 and all(p.requires_grad for p in student.quality_head.parameters())
+    assert all(not p.requires_grad for p in teacher.parameters())  # copying never unfreezes the teacher

@@ -74,7 +74,9 @@ def create_backbone(
 
         g = dict(geometry)
         if "size" in g and Geometry(size=g["size"]).hw != net.input_spec.geometry.hw:
-            raise ValueError(f"backbone '{name}' takes {net.input_spec.geometry.hw} inputs; geometry.size cannot change it")
+            raise ValueError(
+                f"backbone '{name}' takes {net.input_spec.geometry.hw} inputs; geometry.size cannot change it"
+            )
         g.pop("size", None)
         net.input_spec = replace(net.input_spec, geometry=replace(net.input_spec.geometry, **g))
     return net
