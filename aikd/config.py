@@ -11,9 +11,25 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-__all__ = ["conf_dir", "list_options", "load_option", "instantiate_option", "register_resolvers"]
+__all__ = ["conf_dir", "list_options", "load_option", "instantiate_option", "register_resolvers", "to_plain"]
+
+
+def to_plain(x: Any) -> Any:
+    """``x`` with every OmegaConf container in it (at any depth) turned into plain dicts and lists.
+
+    Why: Hydra's ``instantiate`` hands dict arguments over as ``DictConfig``; anything that ends up in a checkpoint
+    (Lightning hyper-parameters, teacher configs) must be plain, or ``torch.load(weights_only=True)`` refuses the
+    file and a run cannot resume.
+    """
+    if isinstance(x, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(x, resolve=True)
+    if isinstance(x, dict):
+        return {k: to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_plain(v) for v in x)
+    return x
 
 
 def conf_dir() -> Path:

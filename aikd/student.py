@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from aikd.backbones import FaceBackbone, create_backbone
 from aikd.calibration import Calibration
+from aikd.config import to_plain
 from aikd.preprocess import InputSpec
 
 __all__ = ["Student", "StudentOutput", "QualityExport", "build_student", "count_parameters"]
@@ -52,7 +53,7 @@ class Student(nn.Module):
         super().__init__()
         self.config: dict[str, Any] = {
             "backbone": backbone if isinstance(backbone, str) else None,
-            "backbone_kwargs": dict(backbone_kwargs or {}),
+            "backbone_kwargs": to_plain(dict(backbone_kwargs or {})),
             "embedding_dim": embedding_dim,
             "hidden": hidden,
             "trainable": trainable,

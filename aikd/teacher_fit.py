@@ -23,22 +23,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from aikd.align import Canvas
 from aikd.calibration import Calibration
+from aikd.config import to_plain
 from aikd.data.index import FaceIndex
 from aikd.teacher import TEACHERS, EmbeddingTeacher, Teacher, load_teacher, save_teacher
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TeacherSpec", "obtain_teacher", "train_teacher"]
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, DictConfig):
-        return OmegaConf.to_container(x, resolve=True)
-    return x
 
 
 @dataclass
@@ -60,12 +54,12 @@ class TeacherSpec:
     calibration: str | None = "ecdf"
 
     def __post_init__(self) -> None:
-        self.build = dict(_plain(self.build) or {})
+        self.build = dict(to_plain(self.build) or {})
         self.fit = None if self.fit is None else dict(self.fit)
 
     def fit_key(self, data_fingerprint: str, seed: int | None) -> str:
         """Cache key of a teacher trained with this recipe on this data."""
-        recipe = {k: (repr(v) if callable(v) else _plain(v)) for k, v in (self.fit or {}).items()}
+        recipe = {k: (repr(v) if callable(v) else to_plain(v)) for k, v in (self.fit or {}).items()}
         blob = json.dumps(
             {"name": self.name, "build": self.build, "fit": recipe, "data": data_fingerprint, "seed": seed},
             sort_keys=True,
@@ -249,7 +243,7 @@ def train_teacher(
         teacher,
         num_classes=index.num_identities,
         objective=fit.get("objective", "crfiqa"),
-        head=_plain(fit.get("head")),
+        head=to_plain(fit.get("head")),
         lam=float(fit.get("lam", 10.0)),
         beta=fit.get("beta"),
         cr_variant=fit.get("cr_variant", "paper"),

@@ -25,6 +25,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from aikd.config import to_plain
 from aikd.losses import distillation_loss
 from aikd.misalign import Misalignment, MisalignParams, NoMisalign, misalign
 from aikd.student import Student
@@ -103,7 +104,7 @@ class DistillModule(pl.LightningModule):
         self._generator = torch.Generator().manual_seed(self.seed)
         self.save_hyperparameters(
             {
-                "student_config": dict(student_config or {}),
+                "student_config": to_plain(dict(student_config or {})),
                 "input_spec": student.input_spec.to_dict(),
                 "beta": beta,
                 "embedding_weight": embedding_weight,

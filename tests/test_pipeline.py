@@ -1,0 +1,54 @@
+"""The pipeline as `python train.py` runs it, composed from the real config: a killed run resumes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+import aikd.config  # noqa: F401  (resolvers)
+from aikd.pipeline import run
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _cfg(tmp_path: Path, epochs: int):
+    overrides = [
+        "stages=[prepare,teacher,distill]",
+        "data.train.n_identities=8",
+        "data.train.images_per_identity=4",
+        "data.train.identities=[0,5]",
+        "data.val.identities=[6,7]",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "teacher.fit.epochs=1",
+        f"trainer.max_epochs={epochs}",
+        "logger=csv",
+        f"paths.output_dir={tmp_path / 'out'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    ]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def test_rerun_in_the_same_directory_resumes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Hydra hands dict arguments over as DictConfig; none may reach the checkpoint, or the safe
+    (`weights_only=True`) load that Lightning does on resume refuses the file."""
+    first = run(_cfg(tmp_path, epochs=1))
+    steps = first["distill"]["global_step"]
+    last = tmp_path / "out" / "checkpoints" / "last.ckpt"
+    assert steps > 0 and last.is_file()
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)  # loadable safely
+    assert ckpt["global_step"] == steps and not any(k.startswith("teacher") for k in ckpt["state_dict"])
+
+    with caplog.at_level(logging.INFO, logger="aikd"):
+        second = run(_cfg(tmp_path, epochs=2))  # the same directory, one more epoch
+    assert any("resuming from" in r.getMessage() for r in caplog.records)
+    assert second["distill"]["global_step"] == 2 * steps  # continued, not restarted
