@@ -217,10 +217,17 @@ def _resume_path(cfg: DictConfig, output_dir: Path) -> str | None:
 
 def build_trainer(ctx: RunContext, **overrides: Any) -> Any:
     """The Lightning Trainer from ``cfg.trainer``, ``cfg.callbacks`` and ``cfg.logger``."""
+    import pytorch_lightning as pl
     from hydra.utils import instantiate
 
     callbacks = [instantiate(c) for c in (ctx.cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
     loggers = [instantiate(c) for c in (ctx.cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
+    if not loggers:
+        # Lightning refuses a LearningRateMonitor without a logger; with `logger=none` there is nothing to log to.
+        dropped = [c for c in callbacks if isinstance(c, pl.callbacks.LearningRateMonitor)]
+        if dropped:
+            log.info("logger=none: the learning-rate monitor callback is left out (it needs a logger)")
+            callbacks = [c for c in callbacks if c not in dropped]
     return instantiate(ctx.cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
 

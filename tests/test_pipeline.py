@@ -16,7 +16,7 @@ from aikd.pipeline import run
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
-def _cfg(tmp_path: Path, epochs: int):
+def _cfg(tmp_path: Path, epochs: int, *extra: str):
     overrides = [
         "stages=[prepare,teacher,distill]",
         "data.train.n_identities=8",
@@ -27,9 +27,9 @@ def _cfg(tmp_path: Path, epochs: int):
         "data.batch_size=8",
         "teacher.fit.epochs=1",
         f"trainer.max_epochs={epochs}",
-        "logger=csv",
         f"paths.output_dir={tmp_path / 'out'}",
         f"paths.cache_dir={tmp_path / 'cache'}",
+        *extra,
     ]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -41,7 +41,7 @@ def _cfg(tmp_path: Path, epochs: int):
 def test_rerun_in_the_same_directory_resumes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Hydra hands dict arguments over as DictConfig; none may reach the checkpoint, or the safe
     (`weights_only=True`) load that Lightning does on resume refuses the file."""
-    first = run(_cfg(tmp_path, epochs=1))
+    first = run(_cfg(tmp_path, 1, "logger=csv"))
     steps = first["distill"]["global_step"]
     last = tmp_path / "out" / "checkpoints" / "last.ckpt"
     assert steps > 0 and last.is_file()
@@ -49,6 +49,13 @@ def test_rerun_in_the_same_directory_resumes(tmp_path: Path, caplog: pytest.LogC
     assert ckpt["global_step"] == steps and not any(k.startswith("teacher") for k in ckpt["state_dict"])
 
     with caplog.at_level(logging.INFO, logger="aikd"):
-        second = run(_cfg(tmp_path, epochs=2))  # the same directory, one more epoch
+        second = run(_cfg(tmp_path, 2, "logger=csv"))  # the same directory, one more epoch
     assert any("resuming from" in r.getMessage() for r in caplog.records)
     assert second["distill"]["global_step"] == 2 * steps  # continued, not restarted
+
+
+def test_runs_without_a_logger(tmp_path: Path) -> None:
+    """`logger=none` with the default callbacks (which include a learning-rate monitor, needing a logger)."""
+    results = run(_cfg(tmp_path, 1, "logger=none", "+trainer.max_steps=2"))
+    assert results["distill"]["global_step"] == 2
+    assert not (tmp_path / "out" / "csv").exists()
