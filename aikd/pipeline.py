@@ -329,8 +329,23 @@ def _distill(ctx: RunContext) -> None:
     student = module.student.eval()
     ctx.components["student"] = student
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    ctx.results["distill"] = {"metrics": metrics, "global_step": int(trainer.global_step), "teacher_mode": mode}
+    ctx.results["distill"] = {"metrics": metrics, "global_step": _global_step(trainer), "teacher_mode": mode}
     ctx.results.setdefault("metrics", {}).update(metrics)
+
+
+def _global_step(trainer: Any) -> int:
+    """Optimiser steps taken. Under ``ddp_spawn`` the steps happen in the workers and this process's trainer keeps
+    0; the last checkpoint the workers wrote has the count."""
+    import torch
+
+    step = int(trainer.global_step)
+    ckpt = trainer.checkpoint_callback
+    if step > 0 or ckpt is None or not getattr(ckpt, "dirpath", None):
+        return step
+    last = Path(ckpt.dirpath) / "last.ckpt"
+    if last.is_file():
+        step = int(torch.load(last, map_location="cpu", weights_only=True).get("global_step", 0))
+    return step
 
 
 @stage("export")

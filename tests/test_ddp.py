@@ -203,6 +203,8 @@ def test_pipeline_under_trainer_ddp_cpu(tmp_path: Path, caplog: pytest.LogCaptur
     with caplog.at_level(logging.INFO, logger="aikd.distributed"):
         results = run(cfg)
     assert any("on 2 processes" in r.getMessage() for r in caplog.records), "the DDP precompute ran"
+    # 24 training faces, 2 processes x 6 per batch: 2 steps, taken in the spawned workers and reported here
+    assert results["distill"]["global_step"] == 2
     metrics = results["distill"]["metrics"]
     assert {"val/loss", "val/spearman_clean", "val/spearman_misaligned"} <= set(metrics)
     assert all(np.isfinite(v) for v in metrics.values())
