@@ -344,7 +344,8 @@ def _global_step(trainer: Any) -> int:
         return step
     last = Path(ckpt.dirpath) / "last.ckpt"
     if last.is_file():
-        step = int(torch.load(last, map_location="cpu", weights_only=True).get("global_step", 0))
+        # mmap: only the step count is read, not the weights
+        step = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
     return step
 
 

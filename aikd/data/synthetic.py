@@ -60,6 +60,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from aikd.data.index import LANDMARK_COLUMNS as _INDEX_LANDMARK_COLUMNS
 from aikd.io import atomic_path, write_json
 
 __all__ = [
@@ -84,19 +85,8 @@ log = logging.getLogger(__name__)
 #: Bumped whenever the rendering changes, so that datasets written by an older generator are seen as stale.
 VERSION = 1
 
-LANDMARK_COLUMNS: tuple[str, ...] = (
-    "path",
-    "left_eye_x",
-    "left_eye_y",
-    "right_eye_x",
-    "right_eye_y",
-    "nose_x",
-    "nose_y",
-    "mouth_left_x",
-    "mouth_left_y",
-    "mouth_right_x",
-    "mouth_right_y",
-)
+#: Header of the landmarks file written: the generic format of :mod:`aikd.data.index`.
+LANDMARK_COLUMNS: tuple[str, ...] = ("path", *_INDEX_LANDMARK_COLUMNS)
 
 #: ``meta.csv`` columns. ``scale`` is the face height (top of head to chin) as a fraction of the image side,
 #: ``illumination`` the strength of the directional light gradient, ``yaw``/``roll`` are degrees, the

@@ -102,15 +102,18 @@ class DistillModule(pl.LightningModule):
         self._val: dict[str, list[Tensor]] = {}
         self.seed = int(seed)
         self._generator = torch.Generator().manual_seed(self.seed)
+        # Plain containers only: Hydra hands dict arguments over as DictConfig, which a safe checkpoint load refuses.
         self.save_hyperparameters(
-            {
-                "student_config": to_plain(dict(student_config or {})),
-                "input_spec": student.input_spec.to_dict(),
-                "beta": beta,
-                "embedding_weight": embedding_weight,
-                "clean_weight": clean_weight,
-                "misalign": repr(self.misalign),
-            }
+            to_plain(
+                {
+                    "student_config": dict(student_config or {}),
+                    "input_spec": student.input_spec.to_dict(),
+                    "beta": beta,
+                    "embedding_weight": embedding_weight,
+                    "clean_weight": clean_weight,
+                    "misalign": repr(self.misalign),
+                }
+            )
         )
 
     # -- teacher ----------------------------------------------------------------------------------------------
