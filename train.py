@@ -9,10 +9,13 @@ end to end on generated faces. Examples::
 """
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
+
+import aikd.config  # noqa: F401  (registers resolvers: the run directory's name uses one)
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
@@ -20,10 +23,14 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Run the pipeline; return the optimised metric (for sweepers) when one is configured."""
-    import aikd.config  # noqa: F401  (registers resolvers)
     from aikd.pipeline import run
+    from aikd.validate import ConfigError
 
-    results = run(cfg)
+    try:
+        results = run(cfg)
+    except ConfigError as err:  # a configuration mistake: the message names the keys and fixes, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     metric = cfg.get("optimized_metric")
     if not metric:
         return None
@@ -38,4 +45,12 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code == 1:  # Hydra refused the command line (or the run failed): explain misspelt keys
+            from aikd.validate import override_hints
+
+            for hint in override_hints(sys.argv[1:], Path(__file__).resolve().parent / "conf"):
+                print(f"hint: {hint}", file=sys.stderr)
+        raise

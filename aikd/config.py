@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-__all__ = ["conf_dir", "list_options", "load_option", "instantiate_option", "register_resolvers", "to_plain"]
+__all__ = ["conf_dir", "project_root", "list_options", "load_option", "register_resolvers", "to_plain"]
 
 
 def to_plain(x: Any) -> Any:
@@ -33,23 +33,41 @@ def to_plain(x: Any) -> Any:
 
 
 def conf_dir() -> Path:
-    """The directory holding the config groups: the running Hydra app's primary config source, else ``conf/``."""
+    """The directory holding the config groups, as an absolute path.
+
+    In order: the running Hydra app's primary config source; ``$PROJECT_ROOT/conf`` (``train.py`` sets it to the
+    checkout); ``aikd/conf`` inside an installed (non-editable) package; ``conf/`` beside the ``aikd`` package in a
+    checkout or editable install. Always absolute, because Hydra reads a relative ``config_path`` relative to the
+    calling module, not the working directory (``aikd evaluate`` run from the repository root once looked for a
+    module ``aikd.conf``).
+    """
     try:
         from hydra.core.hydra_config import HydraConfig
 
         if HydraConfig.initialized():
             for src in HydraConfig.get().runtime.config_sources:
                 if src.provider == "main" and src.schema == "file":
-                    return Path(src.path)
+                    return Path(src.path).resolve()
     except (ImportError, ValueError):  # pragma: no cover - hydra always installed
         pass
-    candidates = [Path(os.environ.get("PROJECT_ROOT", ".")) / "conf", Path(__file__).resolve().parent.parent / "conf"]
+    package = Path(__file__).resolve().parent
+    candidates = [package / "conf", package.parent / "conf"]
+    if os.environ.get("PROJECT_ROOT"):
+        candidates.insert(0, Path(os.environ["PROJECT_ROOT"]).expanduser() / "conf")
     for c in candidates:
-        if c.is_dir():
-            return c
+        if (c / "train.yaml").is_file():
+            return c.resolve()
     raise FileNotFoundError(
-        f"cannot find the config directory (looked in {[str(c) for c in candidates]}); set PROJECT_ROOT"
+        f"cannot find aikd's config directory (looked for train.yaml in {[str(c) for c in candidates]}): reinstall "
+        "aikd (pip install aikd, or pip install -e . in a checkout), or set PROJECT_ROOT to the checkout"
     )
+
+
+def project_root() -> Path | None:
+    """The checkout holding ``conf/`` and ``train.py``, or ``None`` for an installed package (runs then write their
+    ``logs/`` under the working directory)."""
+    root = conf_dir().parent
+    return root if (root / "train.py").is_file() else None
 
 
 def list_options(group: str) -> list[str]:
@@ -74,13 +92,6 @@ def load_option(group: str, name: str) -> DictConfig:
                 base = OmegaConf.merge(base, load_option(group, d))
         cfg = OmegaConf.merge(base, cfg)
     return cfg
-
-
-def instantiate_option(group: str, name: str, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` of one option of a group."""
-    from hydra.utils import instantiate
-
-    return instantiate(load_option(group, name), **kwargs)
 
 
 def _wandb_offline() -> bool:
@@ -121,12 +132,28 @@ def _wandb_name(task: str | None = None) -> str:
     return name[:128]
 
 
+def _run_name() -> str:
+    """Default ``task_name``: ``<data>-<teacher>`` from the run's config-group choices (the demo:
+    ``synthetic-demo``), so runs on other data or teachers do not land under the demo's name; ``train`` where
+    no Hydra app is running (e.g. while a sweeper composes its own settings)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            choices = HydraConfig.get().runtime.choices
+            return f"{choices.get('data') or 'data'}-{choices.get('teacher') or 'noteacher'}"
+    except (ImportError, ValueError):  # pragma: no cover - hydra always installed
+        pass
+    return "train"
+
+
 def register_resolvers() -> None:
     """Register aikd's OmegaConf resolvers (idempotent)."""
     for name, fn in (
         ("aikd_wandb_offline", _wandb_offline),
         ("aikd_wandb_group", _wandb_group),
         ("aikd_wandb_name", _wandb_name),
+        ("aikd_run_name", _run_name),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -3,7 +3,7 @@
 On one process :func:`aikd.cache.teacher_score_cache` fills the cache in a plain loop. When distillation runs on
 several processes (``trainer=ddp``, ``trainer=ddp_cpu``, SLURM tasks), the teacher pass over a large training set
 (MS1MV2: 5.8 M faces) would otherwise run on one device while the others wait, so
-:func:`distributed_teacher_score_cache` runs it as ``Trainer.predict`` with the run's own strategy and devices:
+:func:`distributed_teacher_score_caches` runs it as ``Trainer.predict`` with the run's own strategy and devices:
 
 * Lightning shards the rows still to compute over the ranks (its unrepeated distributed sampler: every row once);
 * each rank scores its rows with exactly the single-process computation (:func:`aikd.cache.teacher_scores` on
@@ -52,7 +52,6 @@ __all__ = [
     "trainer_world_size",
     "predict_trainer",
     "distributed_teacher_score_caches",
-    "distributed_teacher_score_cache",
 ]
 
 WRITE_MODES = ("auto", "memmap", "shards")
@@ -338,19 +337,3 @@ def distributed_teacher_score_caches(
         trainer.world_size,
     )
     return caches
-
-
-def distributed_teacher_score_cache(
-    teacher: Any,
-    index: FaceIndex,
-    canvas: Canvas,
-    root: str | Path,
-    trainer_config: Mapping[str, Any],
-    batch_size: int = 64,
-    num_workers: int = 0,
-    mode: str = "auto",
-) -> TeacherScoreCache:
-    """:func:`distributed_teacher_score_caches` for one dataset."""
-    return distributed_teacher_score_caches(
-        teacher, {"data": index}, canvas, root, trainer_config, batch_size, num_workers, mode
-    )["data"]

@@ -9,9 +9,11 @@ calibration. ONNX exports are checked against PyTorch with onnxruntime before th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,42 @@ from aikd.student import QualityExport, Student, build_student
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORMATS", "export_student", "load_student", "student_metadata", "onnx_parity"]
+__all__ = ["FORMATS", "export_student", "load_student", "student_metadata", "onnx_parity", "quiet_exporters"]
 
 FORMATS = ("onnx", "torch_export", "torchscript", "safetensors")
+
+#: Loggers of the ONNX exporters' helpers: at INFO they report every optimisation pass (dozens of lines per export).
+_EXPORTER_LOGGERS = ("onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def quiet_exporters() -> Iterator[None]:
+    """Silence what the exporters report about their own work while exporting; leave problems visible.
+
+    Tracing (``torch.jit.trace`` and the TorchScript-based ONNX exporter) warns (``TracerWarning``) about the
+    input checks in :class:`~aikd.preprocess.InputSpec`; they are meant to become constants of the graph (the
+    exported model has a fixed face size). The dynamo-based ONNX exporter logs every optimisation pass at INFO
+    through ``onnxscript`` / ``onnx_ir``. Both buried the one line a user needs (where the files went). Their
+    loggers are raised to WARNING only for the duration (then restored), and only those warning categories are
+    ignored: exceptions, warnings and errors still show.
+    """
+    saved: dict[str, int] = {}
+    for name in _EXPORTER_LOGGERS:
+        logger = logging.getLogger(name)
+        saved[name] = logger.level
+        if logger.getEffectiveLevel() < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            # torch.jit.trace's own deprecation notice: the TorchScript format is an explicit choice of the caller
+            warnings.filterwarnings(
+                "ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated", category=FutureWarning
+            )
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def student_metadata(
@@ -74,7 +109,12 @@ def onnx_parity(model: torch.nn.Module, onnx_path: Path, inputs: torch.Tensor) -
 def _export_onnx(
     model: QualityExport, example: torch.Tensor, path: Path, opset: int | None, dynamo: bool | None
 ) -> str:
-    kwargs: dict[str, Any] = {"input_names": ["faces"], "output_names": ["quality_raw", "quality_0_100"]}
+    # verbose=False: the dynamo exporter otherwise prints a "[torch.onnx] ..." line per phase
+    kwargs: dict[str, Any] = {
+        "input_names": ["faces"],
+        "output_names": ["quality_raw", "quality_0_100"],
+        "verbose": False,
+    }
     if opset is not None:
         kwargs["opset_version"] = opset
     attempts = [True, False] if dynamo is None else [dynamo]
@@ -134,59 +174,60 @@ def export_student(
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"unknown export format(s) {unknown}; choose from {FORMATS}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    student = student.cpu().eval()
-    model = QualityExport(student).eval()
-    h, w = student.input_spec.size
-    example = torch.rand(2, 3, h, w)
-    parity_inputs = (
-        parity_inputs
-        if parity_inputs is not None
-        else torch.rand(8, 3, h, w, generator=torch.Generator().manual_seed(0))
-    )
-    files: dict[str, str] = {}
-    info: dict[str, Any] = {"onnx_max_abs_diff": None}
-    if "onnx" in formats:
-        path = out_dir / f"{name}.onnx"
-        info["onnx_exporter"] = _export_onnx(model, example, path, opset, dynamo)
-        diff = onnx_parity(model, path, parity_inputs.float())
-        info["onnx_max_abs_diff"] = diff
-        if not diff <= parity_tolerance:
-            path.unlink(missing_ok=True)
-            raise RuntimeError(
-                f"ONNX export disagrees with PyTorch (max |diff| {diff:.3g} > {parity_tolerance}); not kept"
-            )
-        files["onnx"] = str(path)
-    if "torch_export" in formats:
-        path = out_dir / f"{name}.pt2"
-        ep = torch.export.export(
-            model, (example,), dynamic_shapes={"faces": {0: torch.export.Dim("batch", min=1, max=65536)}}
+    with quiet_exporters():
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        student = student.cpu().eval()
+        model = QualityExport(student).eval()
+        h, w = student.input_spec.size
+        example = torch.rand(2, 3, h, w)
+        parity_inputs = (
+            parity_inputs
+            if parity_inputs is not None
+            else torch.rand(8, 3, h, w, generator=torch.Generator().manual_seed(0))
         )
-        with atomic_path(path) as tmp:
-            torch.export.save(ep, str(tmp))
-        files["torch_export"] = str(path)
-    if "torchscript" in formats:
-        path = out_dir / f"{name}.torchscript.pt"
-        with torch.no_grad():
-            traced = torch.jit.trace(model, example)
-        with atomic_path(path) as tmp:
-            traced.save(str(tmp))
-        files["torchscript"] = str(path)
-    meta = student_metadata(
-        student, teacher, {**(extra_metadata or {}), **info, "files": {k: Path(v).name for k, v in files.items()}}
-    )
-    if "safetensors" in formats:
-        from safetensors.torch import save_file
+        files: dict[str, str] = {}
+        info: dict[str, Any] = {"onnx_max_abs_diff": None}
+        if "onnx" in formats:
+            path = out_dir / f"{name}.onnx"
+            info["onnx_exporter"] = _export_onnx(model, example, path, opset, dynamo)
+            diff = onnx_parity(model, path, parity_inputs.float())
+            info["onnx_max_abs_diff"] = diff
+            if not diff <= parity_tolerance:
+                path.unlink(missing_ok=True)
+                raise RuntimeError(
+                    f"ONNX export disagrees with PyTorch (max |diff| {diff:.3g} > {parity_tolerance}); not kept"
+                )
+            files["onnx"] = str(path)
+        if "torch_export" in formats:
+            path = out_dir / f"{name}.pt2"
+            ep = torch.export.export(
+                model, (example,), dynamic_shapes={"faces": {0: torch.export.Dim("batch", min=1, max=65536)}}
+            )
+            with atomic_path(path) as tmp:
+                torch.export.save(ep, str(tmp))
+            files["torch_export"] = str(path)
+        if "torchscript" in formats:
+            path = out_dir / f"{name}.torchscript.pt"
+            with torch.no_grad():
+                traced = torch.jit.trace(model, example)
+            with atomic_path(path) as tmp:
+                traced.save(str(tmp))
+            files["torchscript"] = str(path)
+        meta = student_metadata(
+            student, teacher, {**(extra_metadata or {}), **info, "files": {k: Path(v).name for k, v in files.items()}}
+        )
+        if "safetensors" in formats:
+            from safetensors.torch import save_file
 
-        path = out_dir / f"{name}.safetensors"
-        state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
-        with atomic_path(path) as tmp:
-            save_file(state, str(tmp), metadata={"aikd": json.dumps(meta)})
-        files["safetensors"] = str(path)
-        meta["files"]["safetensors"] = path.name
-    meta_path = write_json(out_dir / f"{name}.json", meta)
-    return {"files": files, "metadata": str(meta_path), **info}
+            path = out_dir / f"{name}.safetensors"
+            state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+            with atomic_path(path) as tmp:
+                save_file(state, str(tmp), metadata={"aikd": json.dumps(meta)})
+            files["safetensors"] = str(path)
+            meta["files"]["safetensors"] = path.name
+        meta_path = write_json(out_dir / f"{name}.json", meta)
+        return {"files": files, "metadata": str(meta_path), **info}
 
 
 def load_student(path: str | Path) -> Student:

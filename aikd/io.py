@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cache_dir", "atomic_path", "write_json", "write_text", "sha256_file", "data_root"]
+__all__ = ["cache_dir", "atomic_path", "current_umask", "write_json", "write_text", "sha256_file", "data_root"]
 
 
 def cache_dir(sub: str | None = None) -> Path:
@@ -28,7 +28,7 @@ def cache_dir(sub: str | None = None) -> Path:
 
 
 def data_root() -> Path | None:
-    """Root of shared development data (``$AIKD_DATA``, e.g. ``../shared/data``), or ``None`` if unset."""
+    """Root of shared development data (``$AIKD_DATA``: the folder holding ``cfp/``), or ``None`` if unset."""
     value = os.environ.get("AIKD_DATA")
     return Path(value).expanduser() if value else None
 
@@ -38,22 +38,34 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it over ``path`` in one rename.
 
     The temporary file lives in the same directory so the final ``os.replace`` is atomic on POSIX; on error it
-    is removed and any previous ``path`` is left untouched.
+    is removed and any previous ``path`` is left untouched. Its name ends with ``path``'s extension
+    (``.student.<random>.tmp.pt2``), as writers that infer the format from the name (``torch.export.save``,
+    matplotlib) expect.
+
+    The final file gets the permissions of a plain ``open(path, "w")`` (``0o666 & ~umask``), set just before the
+    rename: ``mkstemp`` creates ``0o600``, and writers that themselves replace the temporary file (safetensors
+    writes its own temporary file and renames it) would otherwise leave an export or a shared cache entry that
+    only its creator can read.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results in a shared cache must stay readable
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set back at once)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def write_text(path: str | Path, text: str) -> Path:

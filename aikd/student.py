@@ -17,7 +17,7 @@ from aikd.calibration import Calibration
 from aikd.config import to_plain
 from aikd.preprocess import InputSpec
 
-__all__ = ["Student", "StudentOutput", "QualityExport", "build_student", "count_parameters"]
+__all__ = ["Student", "StudentOutput", "QualityExport", "build_student"]
 
 
 class StudentOutput(NamedTuple):
@@ -132,8 +132,3 @@ class QualityExport(nn.Module):
     def forward(self, faces: Tensor) -> tuple[Tensor, Tensor]:
         q = self.student(faces).quality
         return q, self.calibration(q)
-
-
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    """Number of (trainable) parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -193,6 +193,7 @@ def train_teacher(
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, TensorDataset
 
+    from aikd.callbacks import TeacherProgressBar
     from aikd.modules.teacher_training import TeacherTrainingModule
 
     fit = dict(spec.fit or {})
@@ -254,10 +255,13 @@ def train_teacher(
         scheduler=fit.get("scheduler"),
     )
     log_dir = output_dir / "teacher"
+    epochs = int(fit.get("epochs", 10))
     trainer = pl.Trainer(
-        max_epochs=int(fit.get("epochs", 10)),
+        max_epochs=epochs,
         default_root_dir=str(log_dir),
         logger=pl.loggers.CSVLogger(str(log_dir), name="", version=""),
+        callbacks=[TeacherProgressBar(spec.name)],
+        enable_progress_bar=True,
         enable_checkpointing=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -270,6 +274,14 @@ def train_teacher(
     if seed is not None:
         pl.seed_everything(int(seed), workers=True)
     trainer.fit(module, train_dataloaders=loader)
+    if module.epoch_losses:
+        log.info(
+            "teacher %s: %d epochs trained, final epoch loss %.4f (first %.4f)",
+            spec.name,
+            len(module.epoch_losses),
+            module.epoch_losses[-1],
+            module.epoch_losses[0],
+        )
     teacher.freeze()
     scores = _training_scores(teacher, index, canvas, features, device, batch_size=64)
     _calibrate(teacher, scores, spec.calibration)
@@ -302,7 +314,13 @@ def obtain_teacher(
             teacher = load_teacher(path, expected_name=spec.name)
             log.info("teacher %s: reusing the one trained earlier with the same recipe and data (%s)", spec.name, path)
         else:
-            log.info("teacher %s: training on %s", spec.name, index.describe())
+            # The teacher's length is its own recipe's (teacher.fit.epochs), not trainer.max_epochs (distillation's).
+            log.info(
+                "teacher %s: training %s epochs (teacher.fit.epochs) on %s",
+                spec.name,
+                (spec.fit or {}).get("epochs", 10),
+                index.describe(),
+            )
             t0 = time.perf_counter()
             teacher = train_teacher(spec, datamodule, output_dir, cache_root, trainer_kwargs, seed)
             train_wall_s = round(time.perf_counter() - t0, 1)

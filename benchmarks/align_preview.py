@@ -30,7 +30,7 @@ from aikd.viz import alignment_preview, save_figure
 
 
 def main(argv: list[str] | None = None) -> dict:
-    default_cfp = Path(os.environ.get("AIKD_DATA", "../shared/data")) / "cfp"
+    default_cfp = Path(os.environ.get("AIKD_DATA", "data")) / "cfp"
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cfp", type=Path, default=default_cfp, help="CFP root (holding Data/ and Protocol/)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))

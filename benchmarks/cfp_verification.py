@@ -31,7 +31,7 @@ from aikd.teacher import module_fingerprint
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cfp", type=Path, default=Path(os.environ.get("AIKD_DATA", "../shared/data")) / "cfp")
+    ap.add_argument("--cfp", type=Path, default=Path(os.environ.get("AIKD_DATA", "data")) / "cfp")
     ap.add_argument("--backbone", default="facenet")
     ap.add_argument("--weights", default="default")
     ap.add_argument("--missing", choices=["centre", "skip"], default="centre")

@@ -6,7 +6,7 @@ the port (batched, ``torch.inference_mode``) next to OpenCV DNN (batch 1, its on
 
 Usage::
 
-    AIKD_DATA=/work/shared/data python benchmarks/facenet_speed.py --n 100 --batch 64 --threads 2
+    AIKD_DATA=/path/to/data python benchmarks/facenet_speed.py --n 100 --batch 64 --threads 2
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     root = data_root()
     if root is None:
-        print("set AIKD_DATA (e.g. AIKD_DATA=/work/shared/data) to run on CFP", file=sys.stderr)
+        print("set AIKD_DATA (e.g. AIKD_DATA=/path/to/data) to run on CFP", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)

@@ -17,8 +17,8 @@ For each detector mode - ``onnx`` (the graphs as specified, :class:`aikd.landmar
 
 Usage::
 
-    AIKD_DATA=/work/shared/data nice -n 10 python benchmarks/mtcnn_cfp.py                # all 7,000 images
-    AIKD_DATA=/work/shared/data nice -n 10 python benchmarks/mtcnn_cfp.py --per-pose 100  # seeded subset
+    AIKD_DATA=/path/to/data nice -n 10 python benchmarks/mtcnn_cfp.py                # all 7,000 images
+    AIKD_DATA=/path/to/data nice -n 10 python benchmarks/mtcnn_cfp.py --per-pose 100  # seeded subset
 
 Writes ``benchmarks/results/mtcnn_cfp.json`` (``--out``).
 """

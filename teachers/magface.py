@@ -3,7 +3,7 @@
 MagFace trains the FR model with a margin that grows with the feature magnitude plus a regulariser that rewards
 large magnitudes, so that the magnitude ends up tracking how recognisable a face is. The norm of a network
 *not* trained this way says little about quality (FaceNet's pre-normalisation norm is nearly uncorrelated with
-mated similarity, see REFERENCE.md section 2), hence two ways to get a MagFace teacher:
+mated similarity, see docs/methods.md section 3.2), hence two ways to get a MagFace teacher:
 
 * train it here (``aikd.modules.TeacherTrainingModule`` with ``objective="magface"``): a registered backbone
   (frozen by default) + a ``Linear + BatchNorm`` projection trained under the MagFace head; the projection's

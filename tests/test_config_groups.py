@@ -58,7 +58,8 @@ def test_every_group_has_options() -> None:
 def test_data_options(compose_cfg: Callable[..., DictConfig], option: str) -> None:
     from aikd.data import FaceDataModule
 
-    dm = instantiate(compose_cfg(f"data={option}").data, _convert_="partial")
+    required = {"folder": ["data.root=/your/faces"]}  # mandatory keys (???) of an option
+    dm = instantiate(compose_cfg(f"data={option}", *required.get(option, [])).data, _convert_="partial")
     assert isinstance(dm, FaceDataModule) and dm.sources["train"] is not None
     assert dm.canvas.size >= max(dm.canvas.face.hw)
 

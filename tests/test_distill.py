@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -179,13 +180,21 @@ def test_embedding_size_mismatch_is_explained(datamodule: FaceDataModule) -> Non
         DistillModule(_student()).attach_teacher(cls(**cls.example_kwargs))
 
 
-def test_export_round_trip(tmp_path: Path) -> None:
+def test_export_round_trip(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     pytest.importorskip("onnxruntime")
     teacher = _teacher()
     student = _student(teacher.embedding_dim).eval()
     student.calibration = teacher.calibration
-    out = export_student(student, tmp_path / "export", formats=("onnx", "torch_export", "safetensors"), teacher=teacher)
+    levels = {name: logging.getLogger(name).level for name in ("onnxscript", "onnx_ir")}
+    with caplog.at_level(logging.INFO):
+        out = export_student(
+            student, tmp_path / "export", formats=("onnx", "torch_export", "safetensors"), teacher=teacher
+        )
     assert out["onnx_max_abs_diff"] < 1e-4
+    # the exporters' INFO chatter (dozens of optimisation-pass lines) is silenced, and their levels restored
+    chatter = [r.getMessage() for r in caplog.records if r.name.split(".")[0] in levels and r.levelno < logging.WARNING]
+    assert not chatter, chatter[:5]
+    assert {name: logging.getLogger(name).level for name in levels} == levels
     x = torch.rand(5, 3, 64, 64)  # another batch size than the export example: the batch axis is dynamic
     with torch.no_grad():
         ref = student(x).quality

@@ -127,7 +127,7 @@ def test_random_edc_is_flat_at_starting_error():
 
 def test_lower_bound_hand_values():
     # e = 0.10, D = 0.20: area of the triangle under 0.1 - d on [0, 0.1] = 0.1 * 0.1 / 2 = 0.005;
-    # normalised by D * e = 0.02 -> 0.25 (REFERENCE.md section 4).
+    # normalised by D * e = 0.02 -> 0.25 (docs/methods.md section 2).
     lb = lower_bound_pauc(0.10, 0.20)
     assert lb.raw == pytest.approx(0.005)
     assert lb.normalised == pytest.approx(0.25)

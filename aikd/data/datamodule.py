@@ -8,6 +8,7 @@ is where the models' input geometries are known and where it is cheap.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +23,38 @@ from aikd.data.sources import FaceSource
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FaceDataModule", "EpochShuffleSampler", "DistributedEpochShuffleSampler"]
+__all__ = ["FaceDataModule", "EpochShuffleSampler", "DistributedEpochShuffleSampler", "usable_cpus", "resolve_workers"]
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on: its affinity mask where the OS has one (containers, ``taskset``, SLURM
+    restrict it), else ``os.cpu_count()``. This is what PyTorch's loader compares ``num_workers`` against."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS and Windows have no sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_workers(num_workers: int | str) -> int:
+    """Loader worker count for ``data.num_workers``: ``"auto"`` is the usable cores, a number is capped at them.
+
+    More workers than cores only adds processes competing for the same cores (and PyTorch warns about it once
+    per loader), so a config written for a bigger machine (``num_workers: 8`` on 2 cores) is capped, with an INFO
+    line saying so.
+    """
+    cores = usable_cpus()
+    if isinstance(num_workers, str) and num_workers.strip().lower() == "auto":
+        return cores
+    try:
+        workers = int(num_workers)
+    except (TypeError, ValueError):
+        raise ValueError(f"data.num_workers must be a number or 'auto', got {num_workers!r}") from None
+    if workers < 0:
+        raise ValueError(f"data.num_workers must be >= 0 or 'auto', got {workers}")
+    if workers > cores:
+        log.info("data.num_workers=%d capped at %d: the CPU cores this process can use", workers, cores)
+        return cores
+    return workers
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -83,7 +115,8 @@ class FaceDataModule(pl.LightningDataModule):
         canvas: the loose canvas faces are aligned onto.
         batch_size: training batch size (per process under DDP: the global batch is ``batch_size x devices``).
         eval_batch_size: batch size for validation/test/prediction (default: ``batch_size``).
-        num_workers: loader worker processes (``0`` loads in the main process).
+        num_workers: loader worker processes (``0`` loads in the main process); ``"auto"`` = the usable CPU
+            cores. More than there are usable cores is capped at that (see :func:`resolve_workers`).
         augment: optional albumentations transform (photometric only) for training canvases.
         strict: raise on the first bad sample instead of skipping and counting it.
         missing_landmarks: ``"skip"``, ``"error"`` or ``"centre"`` (see :class:`AlignedFaces`).
@@ -100,7 +133,7 @@ class FaceDataModule(pl.LightningDataModule):
         canvas: Canvas | None = None,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        num_workers: int = 2,
+        num_workers: int | str = 2,
         augment: Any | None = None,
         strict: bool = False,
         missing_landmarks: str = "skip",
@@ -112,7 +145,7 @@ class FaceDataModule(pl.LightningDataModule):
         self.canvas = canvas or Canvas()
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
+        self.num_workers = resolve_workers(num_workers)
         self.augment = augment
         self.strict = strict
         self.missing_landmarks = missing_landmarks

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from aikd.data.index import DataError, FaceIndex, read_folder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FaceSource", "FolderSource", "CFPSource", "SyntheticSource", "select_identities"]
+__all__ = ["FaceSource", "FolderSource", "CFPSource", "SyntheticSource", "select_identities", "holdout_identities"]
 
 
 @runtime_checkable
@@ -46,12 +46,48 @@ def select_identities(index: FaceIndex, identities: Sequence[int] | None, source
     return index.subset(mask)
 
 
-def _fill_landmarks(index: FaceIndex, detect: bool) -> FaceIndex:
+def _fill_landmarks(index: FaceIndex, detect: bool, detector: str = "mtcnn") -> FaceIndex:
+    """Detect (cached) the landmarks ``index`` lacks with the detector named ``detector``, when ``detect``."""
     if not detect or index.has_landmarks.all():
         return index
     from aikd.landmarks import fill_missing_landmarks
 
-    return fill_missing_landmarks(index)
+    return fill_missing_landmarks(index, detector=detector)
+
+
+def holdout_identities(names: Sequence[str], holdout: float | Sequence[str], seed: int, source: str) -> set[str]:
+    """The identity names held out for validation/evaluation.
+
+    Args:
+        names: every identity name of the dataset.
+        holdout: a fraction in ``(0, 1)`` of the identities, drawn at random with ``seed`` (the same names for the
+            train and the val source of one run, whatever order the folders are listed in), or explicit names.
+        seed: seed of the draw.
+        source: dataset description for error messages.
+
+    Raises:
+        DataError: a fraction that leaves no identity on one side, or names that are not in the dataset.
+    """
+    names = sorted(names)
+    if isinstance(holdout, (int, float)) and not isinstance(holdout, bool):
+        frac = float(holdout)
+        if not 0.0 < frac < 1.0:
+            raise DataError(f"{source}: data.holdout={holdout} must be a fraction in (0, 1) or a list of identities")
+        k = int(round(frac * len(names)))
+        if k < 1 or k >= len(names):
+            raise DataError(
+                f"{source}: data.holdout={holdout} of {len(names)} identities leaves {k} held out and "
+                f"{len(names) - k} for training; both need at least one (add identities or change data.holdout)"
+            )
+        order = np.random.default_rng(int(seed)).permutation(len(names))
+        return {names[i] for i in order[:k]}
+    wanted = {str(n) for n in holdout}
+    unknown = sorted(wanted - set(names))
+    if unknown:
+        raise DataError(f"{source}: data.holdout names identities that are not in the dataset: {unknown[:10]}")
+    if len(wanted) >= len(names):
+        raise DataError(f"{source}: data.holdout holds out every identity; leave some for training")
+    return wanted
 
 
 @dataclass
@@ -61,19 +97,40 @@ class FolderSource:
     Args:
         root: dataset root.
         landmarks: landmarks file relative to ``root`` (or absolute), ``None`` for none.
-        detect_missing: run the MTCNN detector (cached) for images without landmarks.
+        detect_missing: run a face detector (cached) for images without landmarks.
+        detector: which one, by name (``"mtcnn"`` or ``"yunet"``, :data:`aikd.landmarks.DETECTORS`). Each keeps
+            its own landmark cache; a dataset whose CSV came from one detector is best completed with the same one,
+            since the two place points a few percent of the face apart.
         identities: optional inclusive ``(lo, hi)`` range of identity labels (sorted directory order).
         strict: raise on the first data problem.
         min_images_per_identity: drop identities with fewer images.
+        split: ``"all"`` (every identity), or ``"train"`` / ``"val"``: the identities kept for training, or those
+            held out by ``holdout``. One folder then serves both splits of a run with disjoint identities.
+        holdout: with ``split`` train/val: a fraction of the identities, or a list of identity names.
+        seed: seed of the held-out draw.
     """
 
     root: str
     landmarks: str | None = "landmarks.csv"
     detect_missing: bool = False
+    detector: str = "mtcnn"
     identities: Sequence[int] | None = None
     strict: bool = False
     min_images_per_identity: int = 1
     name: str = "folder"
+    split: str = "all"
+    holdout: float | Sequence[str] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.split not in ("all", "train", "val"):
+            raise ValueError(f"FolderSource.split must be all, train or val, got {self.split!r}")
+        if self.split != "all" and self.holdout is None:
+            raise ValueError(f"FolderSource(split={self.split!r}) needs holdout (a fraction or identity names)")
+        from aikd.landmarks import DETECTORS  # late: aikd.landmarks imports aikd.data
+
+        if self.detector not in DETECTORS:  # fail when the config is built, not after reading the folder
+            raise ValueError(f"FolderSource.detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}")
 
     def prepare(self) -> None:
         if self.detect_missing:
@@ -81,7 +138,13 @@ class FolderSource:
 
     def load(self) -> FaceIndex:
         index = read_folder(self.root, self.landmarks, self.strict, self.min_images_per_identity)
-        return select_identities(_fill_landmarks(index, self.detect_missing), self.identities, str(self.root))
+        index = _fill_landmarks(index, self.detect_missing, self.detector)
+        index = select_identities(index, self.identities, str(self.root))
+        if self.split == "all":
+            return index
+        held = holdout_identities(index.identity_names, self.holdout, self.seed, str(self.root))
+        is_held = np.isin(np.asarray(index.identity_names, dtype=object)[index.identity], sorted(held))
+        return index.subset(is_held if self.split == "val" else ~is_held)
 
 
 @dataclass
@@ -130,6 +193,10 @@ class SyntheticSource:
     holds the same generator settings); ``load()`` reads it back like any folder dataset, so the demo exercises
     the real loader. Train and validation sources share ``root`` and split by ``identities``.
     """
+
+    #: Reference qualities this data records, added to the evaluation with ``evaluation.references: auto``: the
+    #: generator's degradation severity, negated (higher = better), an oracle-like lower reference.
+    reference_methods: ClassVar[tuple[str, ...]] = ("attribute:-severity",)
 
     root: str
     n_identities: int = 40

@@ -82,6 +82,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: ``(root, generator spec)`` pairs this process has written or reported up to date. A run's train and val sources
+#: share one root and each prepares it: the second answer goes to DEBUG instead of a contradicting "nothing to do".
+_REPORTED: set[tuple[str, str]] = set()
+
 #: Bumped whenever the rendering changes, so that datasets written by an older generator are seen as stale.
 VERSION = 1
 
@@ -1076,8 +1080,12 @@ class SyntheticFaces:
                 or holds files that this generator did not write.
         """
         root = Path(root)
+        key = (str(root.resolve()), json.dumps(self.spec(), sort_keys=True))
         if self.is_current(root):
-            log.info("synthetic faces in %s are up to date (generator.json matches); nothing to do", root)
+            # A run's train and val sources share one root and both prepare it: report it once per process.
+            level = logging.DEBUG if key in _REPORTED else logging.INFO
+            log.log(level, "synthetic faces in %s are up to date (generator.json matches); nothing to do", root)
+            _REPORTED.add(key)
             return root
         self._prepare(root, overwrite)
         root.mkdir(parents=True, exist_ok=True)
@@ -1106,6 +1114,7 @@ class SyntheticFaces:
         write_json(root / "generator.json", self.spec())
         (root / ".incomplete").unlink()
         log.info("wrote %d synthetic face images to %s", len(jobs), root)
+        _REPORTED.add(key)
         return root
 
     def _prepare(self, root: Path, overwrite: bool) -> None:

@@ -13,7 +13,7 @@ Conventions
   increasing quality.
 
 The EDC (the protocol of Schlett et al., "Considerations on the evaluation of biometric quality assessment
-algorithms", which REFERENCE.md section 4 restates)
+algorithms", which docs/methods.md section 2 restates)
 -------------------------------------------------------------------------------------------------------------
 1. The decision threshold ``t`` is fixed ONCE on the full set, at an *operating point*:
    ``start_err=e`` (:func:`threshold_at_starting_error`, the e-quantile of the mated scores, so that the FNMR at
@@ -185,14 +185,22 @@ def threshold_at_fmr(nonmated_scores: ArrayLike, fmr: float, *, strict: bool = T
     n = scores.size
     k = math.floor(fmr * n + _COUNT_EPS)
     if k < 1:
+        # The pipeline's key is evaluation.strict (default false: this warning); name it, since the user sets that.
         message = (
             f"only {n} non-mated pairs for FMR {fmr:g}: at least {math.ceil(1 / fmr - _COUNT_EPS)} are needed for "
-            f"one false match to be allowed; the threshold would just sit above the highest impostor score. "
-            f"Use more non-mated pairs, a larger FMR, or strict=False to accept this"
+            f"one false match to be allowed; the threshold just sits above the highest impostor score, so figures "
+            f"at this operating point say nothing about FMR {fmr:g}. Use more non-mated pairs or a larger FMR"
         )
         if strict:
-            raise ValueError(message)
-        warnings.warn(message, EDCWarning, stacklevel=2)
+            raise ValueError(
+                f"{message}, or accept it with a warning: strict=False (in a run config, evaluation.strict=false)"
+            )
+        warnings.warn(
+            f"{message}. Reported anyway because strict=False (in a run config, evaluation.strict=false, the "
+            f"default); evaluation.strict=true makes this an error",
+            EDCWarning,
+            stacklevel=2,
+        )
     if k >= n:  # fmr * N >= N cannot happen for fmr < 1, kept for safety
         return -math.inf
     # (k+1)-th highest = element n-1-k in ascending order; np.partition avoids a full sort on big impostor sets.

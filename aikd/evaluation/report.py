@@ -253,6 +253,34 @@ def markdown_table(
     return "\n".join(lines)
 
 
+def text_table(results: Results, *, limit: float = 0.20, digits: int = 3) -> str:
+    """A plain-text summary for the terminal: per operating point, normalised pAUC@``limit`` of every method
+    (rows) under every condition (columns) and the mean over conditions. Lower is better; 1.0 = random."""
+    _check_results(results)
+    key = limit_key(limit)
+    conditions = list(results)
+    methods = _ordered_keys([results[c] for c in conditions])
+    ops = _ordered_keys([results[c][m]["operating_points"] for c in conditions for m in results[c]])
+    width = max([len(m) for m in methods] + [len("method")])
+    cols = [max(len(c), digits + 2) for c in conditions]
+    lines = []
+    for op_label in ops:
+        lines.append(f"normalised pAUC@{limit:.2f} at {op_label} (lower is better; 1.0 = random discarding):")
+        lines.append(
+            "  " + "method".ljust(width) + "".join(f"  {c:>{w}}" for c, w in zip(conditions, cols)) + "    mean"
+        )
+        for method in methods:
+            vals = [
+                _normalised(results[c].get(method, {}).get("operating_points", {}).get(op_label), "pauc", key)
+                for c in conditions
+            ]
+            cells = "".join(f"  {_fmt(v, digits):>{w}}" for v, w in zip(vals, cols))
+            finite = [v for v in vals if v is not None and np.isfinite(v)]
+            mean = _fmt(float(np.mean(finite)), digits) if finite else "n/a"
+            lines.append("  " + method.ljust(width) + cells + f"  {mean:>6}")
+    return "\n".join(lines)
+
+
 def write_markdown(
     path: str | Path,
     results: Results,
@@ -261,9 +289,16 @@ def write_markdown(
     limits: Sequence[float] = (0.20,),
     fr: Mapping[str, Any] | None = None,
     images: Sequence[str | Path] = (),
+    meta: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Atomically write a Markdown report: FR model summary, one table per limit and operating point, plots."""
+    """Atomically write a Markdown report: what was compared, FR model summary, one table per limit and operating
+    point, plots.
+
+    ``meta`` may hold ``data``, ``split``, ``comparator`` (the FR model whose comparison scores define the errors)
+    and ``methods`` (row name -> one-line description): a reader then knows what each row is without the config.
+    """
     parts = [f"# {title}", ""]
+    parts += _meta_markdown(meta or {})
     if fr is not None:
         parts += _fr_markdown(fr)
     for lim in limits:
@@ -274,6 +309,23 @@ def write_markdown(
         rel = img.relative_to(path.parent) if img.is_relative_to(path.parent) else img
         parts += [f"![{img.stem}]({rel.as_posix()})", ""]
     return write_text(path, "\n".join(parts).rstrip() + "\n")
+
+
+def _meta_markdown(meta: Mapping[str, Any]) -> list[str]:
+    lines = []
+    if meta.get("comparator"):
+        lines.append(
+            f"Comparison scores: **{meta['comparator']}** embeddings of the properly aligned faces (cosine); they are "
+            "the same under every condition, only the quality method's input is misaligned."
+        )
+    if meta.get("data"):
+        lines.append(f"Faces: `{meta['data']}`, split `{meta.get('split', '?')}`.")
+    if lines:
+        lines.append("")
+    methods = meta.get("methods")
+    if isinstance(methods, Mapping) and methods:
+        lines += ["Rows:", ""] + [f"- `{name}`: {text}" for name, text in methods.items()] + [""]
+    return lines
 
 
 def _fr_markdown(fr: Mapping[str, Any]) -> list[str]:
@@ -488,5 +540,7 @@ def write_report(
         )
         paths[f"edc/{condition}"] = p
         images.append(p)
-    paths["markdown"] = write_markdown(out_dir / "report.md", results, title=title, limits=limits, fr=fr, images=images)
+    paths["markdown"] = write_markdown(
+        out_dir / "report.md", results, title=title, limits=limits, fr=fr, images=images, meta=meta
+    )
     return paths

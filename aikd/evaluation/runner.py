@@ -1,7 +1,7 @@
 """Run a quality evaluation: comparison scores from an FR model on properly aligned faces, quality scores from
 every method under every alignment condition, EDC/pAUC for each.
 
-The protocol (REFERENCE.md section 4, ISO/IEC 29794-5 style):
+The protocol (docs/methods.md section 2, ISO/IEC 29794-5 style):
 
 1. Every image used by the pair list is aligned once onto a canvas (streamed from disk).
 2. The comparator (an FR backbone) embeds the *properly aligned* crop; comparison score = cosine similarity.
@@ -13,8 +13,10 @@ The protocol (REFERENCE.md section 4, ISO/IEC 29794-5 style):
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from aikd.align import Canvas
 from aikd.data.dataset import AlignedFaces, collate_faces
 from aikd.data.index import FaceIndex
 from aikd.data.pairs import PairList
-from aikd.evaluation.edc import evaluate_quality, fr_summary
+from aikd.evaluation.edc import EDCWarning, evaluate_quality, fr_summary
 from aikd.misalign import Misalignment, MisalignParams, NoMisalign, misalign
 from aikd.preprocess import InputSpec
 
@@ -42,6 +44,7 @@ __all__ = [
     "score_index",
     "evaluate",
     "EvaluationResult",
+    "WarningSummary",
 ]
 
 
@@ -263,6 +266,53 @@ class EvaluationResult:
     paths: dict[str, Path] = field(default_factory=dict)
 
 
+class WarningSummary:
+    """Collects one evaluation's :class:`~aikd.evaluation.edc.EDCWarning` warnings; emits each distinct one once.
+
+    One evaluation computes the EDC figures of every method under every condition; a cause such as too few
+    non-mated pairs for an FMR is the same for all of them, and was printed once per condition and method (18 times
+    in the demo), hiding everything else. :meth:`collect` records the warnings of one part (e.g.
+    ``"aligned/student"``); :meth:`emit` warns once per distinct message, saying in how many parts it arose. Other
+    warnings raised meanwhile are passed on unchanged (once per place that raised them).
+    """
+
+    def __init__(self) -> None:
+        self.edc: dict[str, list[str]] = {}
+        self.other: list[warnings.WarningMessage] = []
+
+    @contextlib.contextmanager
+    def collect(self, part: str) -> Iterator[None]:
+        """Record the warnings raised inside under the label ``part``."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", EDCWarning)
+            try:
+                yield
+            finally:
+                for w in caught:
+                    if issubclass(w.category, EDCWarning):
+                        self.edc.setdefault(str(w.message), []).append(part)
+                    else:
+                        self.other.append(w)
+
+    def emit(self) -> None:
+        """Warn once per distinct cause (naming where it arose), then forget them."""
+        seen: set[tuple[Any, ...]] = set()
+        for w in self.other:
+            key = (w.category, str(w.message), w.filename, w.lineno)
+            if key not in seen:
+                seen.add(key)
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        for message, parts in self.edc.items():
+            where = sorted(set(parts), key=parts.index)
+            if len(where) == 1:
+                note = f"[in {where[0]}]"
+            else:
+                shown = ", ".join(where[:3]) + (", ..." if len(where) > 3 else "")
+                note = f"[in {len(where)} parts of this evaluation: {shown}]"
+            warnings.warn(f"{message} {note}", EDCWarning, stacklevel=3)
+        self.edc, self.other = {}, []
+
+
 def comparison_scores(embeddings: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Cosine similarity of embedding rows ``a`` and ``b`` (chunked: 240k pairs need no big temporaries)."""
     e = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(1e-12)
@@ -324,23 +374,27 @@ def evaluate(
     assert table.embeddings is not None
     s = comparison_scores(table.embeddings, ia, ib)
     mated_scores, nonmated_scores = s[mated], s[~mated]
-    fr = fr_summary(mated_scores, nonmated_scores)
+    summary = WarningSummary()  # one warning per cause, not one per condition and method
+    with summary.collect("the FR summary"):
+        fr = fr_summary(mated_scores, nonmated_scores)
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for cname in conditions:
         results[cname] = {}
         for mname in methods:
             q = table.quality[cname][mname]
-            results[cname][mname] = evaluate_quality(
-                mated_scores,
-                nonmated_scores,
-                q[ia[mated]],
-                q[ib[mated]],
-                operating_points=tuple(operating_points),
-                limits=tuple(limits),
-                strict=strict,
-                random_draws=random_draws,
-                seed=seed,
-            )
+            with summary.collect(f"{cname}/{mname}"):
+                results[cname][mname] = evaluate_quality(
+                    mated_scores,
+                    nonmated_scores,
+                    q[ia[mated]],
+                    q[ib[mated]],
+                    operating_points=tuple(operating_points),
+                    limits=tuple(limits),
+                    strict=strict,
+                    random_draws=random_draws,
+                    seed=seed,
+                )
+    summary.emit()
     res = EvaluationResult(results, fr, mated_scores, nonmated_scores, n_dropped, table)
     if out_dir is not None:
         from aikd.evaluation.report import write_report
@@ -355,7 +409,9 @@ def evaluate(
             "methods": list(methods),
             **dict(meta or {}),
         }
-        res.paths = write_report(out_dir, results, fr=fr, meta=info, limits=tuple(limits))
+        with summary.collect("the report"):
+            res.paths = write_report(out_dir, results, fr=fr, meta=info, limits=tuple(limits))
+        summary.emit()
         if on_report is not None:
             on_report(res.paths)
     return res

@@ -100,6 +100,10 @@ class TeacherTrainingModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.misalign = misalign
+        #: mean training loss of every finished epoch (what the per-epoch log lines report)
+        self.epoch_losses: list[float] = []
+        self._loss_sum: Tensor | None = None
+        self._loss_count = 0
         self.save_hyperparameters(
             {
                 "objective": objective,
@@ -166,12 +170,32 @@ class TeacherTrainingModule(pl.LightningModule):
             logs["acc"] = (out.cos.argmax(-1) == labels).float().mean()
         self.log("teacher/loss", loss, prog_bar=True, batch_size=len(labels))
         self.log_dict({f"teacher/{k}": v for k, v in logs.items()}, batch_size=len(labels))
+        # summed on the device: no host synchronisation per step, one per epoch
+        weighted = loss.detach() * len(labels)
+        self._loss_sum = weighted if self._loss_sum is None else self._loss_sum + weighted
+        self._loss_count += len(labels)
         return loss
 
     def on_train_epoch_start(self) -> None:
+        self._loss_sum, self._loss_count = None, 0
         # A frozen backbone stays in eval mode (its BatchNorm statistics are part of the pretrained model).
         if self.teacher.backbone_frozen:
             self.teacher.backbone.eval()
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's mean loss: the progress bar shows it while training, and the log keeps a line for some
+        epochs (about ten per run, always the last), so a finished run's log says whether the teacher learnt."""
+        if self._loss_sum is None or self._loss_count == 0:
+            return
+        mean = float(self._loss_sum) / self._loss_count
+        self.epoch_losses.append(mean)
+        self.log("teacher/epoch_loss", mean, prog_bar=True)
+        epoch = self.current_epoch + 1
+        max_epochs = int(self.trainer.max_epochs or 0)
+        total = max_epochs if max_epochs > 0 else epoch  # -1: no epoch limit
+        stride = max(1, -(-total // 10))
+        if epoch == 1 or epoch % stride == 0 or epoch >= total:
+            log.info("teacher %s: epoch %d/%d, mean loss %.4f", self.teacher.name, epoch, total, mean)
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
