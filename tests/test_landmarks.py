@@ -238,8 +238,9 @@ class _Counting(MTCNN):
 
 
 def test_detect_landmarks_cache_invalidation_and_reporting(
-    tmp_path: Path, synthetic_faces: list[tuple[np.ndarray, np.ndarray]]
+    tmp_path: Path, synthetic_faces: list[tuple[np.ndarray, np.ndarray]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("AIKD_CACHE", str(tmp_path / "cache"))  # count this test's cache files only
     root = _write_dataset(tmp_path / "faces", synthetic_faces)
     index = read_folder(root, landmarks=None)
     assert len(index) == 8 and not index.has_landmarks.any()

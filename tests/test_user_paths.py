@@ -40,7 +40,8 @@ SMALL_DEMO = [
 def user_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The environment of a user's shell: one aikd cache for the module (as on a user's machine), no test knobs."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "AIKD_TEST"))}
-    env["AIKD_CACHE"] = os.environ.get("AIKD_TEST_CACHE") or str(tmp_path_factory.mktemp("user-cache"))
+    # the test session's cache (see conftest.py): converted FaceNet weights are made once for all tests
+    env["AIKD_CACHE"] = os.environ.get("AIKD_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "aikd-cache")
     env.update(PYTHONUNBUFFERED="1", MPLBACKEND="Agg", WANDB_MODE="offline", OMP_NUM_THREADS="2")
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
@@ -214,10 +215,10 @@ def test_evaluate_command_on_a_saved_student(demo: dict, user_env: dict[str, str
 
 @pytest.mark.data
 def test_evaluate_reference_on_cfp(user_env: dict[str, str], tmp_path: Path, cfp_root: Path) -> None:
-    """README: ``aikd evaluate experiment=cfp_reference_eval`` (on 10 test identities, two conditions)."""
+    """README: ``aikd evaluate experiment=cfp_reference_eval`` (on 5 test identities, two conditions)."""
     env = {**user_env, "AIKD_DATA": str(cfp_root.parent)}
     logs = tmp_path / "logs"
-    run(["aikd", "evaluate", "experiment=cfp_reference_eval", "data.val.identities=[491,500]",
+    run(["aikd", "evaluate", "experiment=cfp_reference_eval", "data.val.identities=[496,500]",
          "evaluation.conditions=[none,boxcrop]", f"paths.log_dir={logs}"], tmp_path, env)  # fmt: skip
     out = run_dir(logs, "cfp_reference_eval")
     pauc = json.loads((out / "results.json").read_text())["evaluation"]["pauc_normalised"]
@@ -286,7 +287,7 @@ def test_adding_a_teacher_recipe_verbatim(user_env: dict[str, str], tmp_path: Pa
     methods = {k.split("/")[0] for k in results["evaluation"]["pauc_normalised"]}
     assert methods == {"teacher:myfiqa", "student", "attribute:-severity"}
     assert (out / "export" / "student.onnx").is_file()
-    assert "config adapted" in proc.stderr
+    assert "config adapted" in proc.stdout + proc.stderr  # logged where Hydra sends the job log
 
 
 def test_list_command_names_plugins(user_env: dict[str, str], tmp_path: Path) -> None:
