@@ -41,12 +41,25 @@ class _LightningTipFilter(logging.Filter):
 _TIP_FILTER = _LightningTipFilter()
 
 
+#: Deprecation notices that third-party libraries raise from their own internals on every run (nothing a user of
+#: aikd can change): torchdata's stateful loader calling ``torch.set_vital``, Lightning's pytree helper.
+_LIBRARY_DEPRECATIONS = (
+    r"'set_vital' is deprecated",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
 def silence_lightning_tips() -> None:
-    """Install the filter against Lightning's cloud-service tips (idempotent; done when aikd's modules import)."""
+    """Install the filter against Lightning's cloud-service tips and ignore the libraries' internal deprecation
+    notices (idempotent; done when aikd's modules import)."""
+    import warnings
+
     for name in _RANK_ZERO_LOGGERS:
         logger = logging.getLogger(name)
         if _TIP_FILTER not in logger.filters:
             logger.addFilter(_TIP_FILTER)
+    for message in _LIBRARY_DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=message)
 
 
 silence_lightning_tips()

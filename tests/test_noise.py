@@ -183,3 +183,17 @@ def test_data_configs_use_auto_workers() -> None:
     conf = Path(__file__).resolve().parent.parent / "conf" / "data"
     for name in ("synthetic", "cfp", "folder"):
         assert OmegaConf.load(conf / f"{name}.yaml").num_workers == "auto", name
+
+
+def test_library_deprecation_notices_are_ignored_and_others_kept() -> None:
+    import warnings
+
+    import aikd.callbacks  # noqa: F401  (installs the filters)
+
+    with warnings.catch_warnings(record=True) as seen:
+        aikd.callbacks.silence_lightning_tips()  # catch_warnings reset the filters: install them again inside
+        warnings.warn("'set_vital' is deprecated, please do not call", UserWarning, stacklevel=1)
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning, stacklevel=1)
+        warnings.simplefilter("always", UserWarning)
+        warnings.warn("a real problem", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["a real problem"]
