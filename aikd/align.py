@@ -17,6 +17,7 @@ Conventions used everywhere in aikd:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,6 +40,8 @@ __all__ = [
     "box_matrix",
     "crop_matrix",
     "warp",
+    "crop",
+    "crop_photo",
     "align",
     "align_image",
     "fit_residual",
@@ -161,6 +164,50 @@ class Canvas:
         src = torch.as_tensor(np.asarray(landmarks, dtype=np.float64))[None]
         dst = torch.as_tensor(self.points())[None]
         return estimate_similarity(src, dst)[0].numpy()
+
+    def cut(self, image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Align one ``H x W x C`` uint8 photo onto this canvas on the CPU with OpenCV.
+
+        This is the first of the two resampling steps every face goes through - the data pipeline's
+        (:class:`~aikd.data.dataset.AlignedFaces`, hence training, evaluation and caches) and ``aikd score``'s
+        (:func:`crop_photo`) - so that a model sees the same pixels wherever its crop is cut. When the canvas
+        shrinks the photo by more than 2x, the photo is first reduced by an integer factor with area averaging:
+        bilinear warping alone aliases there (thin strands and edges turn into moire on large photos).
+
+        Args:
+            image: the source photo.
+            landmarks: ``(5, 2)`` source landmarks.
+
+        Returns:
+            The ``size x size`` uint8 canvas and its ``2x3`` ``canvas_from_source`` matrix (float64, relative to
+            the original photo, whatever the prefilter did).
+        """
+        import cv2
+
+        m = self.matrix(landmarks)
+        scale = math.hypot(m[0, 0], m[0, 1])
+        if scale < 0.5:
+            f = int(1.0 / scale)
+            h0, w0 = image.shape[:2]
+            image = cv2.resize(image, (max(1, w0 // f), max(1, h0 // f)), interpolation=cv2.INTER_AREA)
+            sx, sy = image.shape[1] / w0, image.shape[0] / h0
+            small_from_source = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
+            m_warp = (np.vstack([m, [0, 0, 1]]) @ np.linalg.inv(small_from_source))[:2]
+        else:
+            m_warp = m
+        s = self.size
+        out = cv2.warpAffine(
+            image, m_warp, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
+        return out, m
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain form (for export metadata and checkpoints): ``{"size": S, "face": geometry dict}``."""
+        return {"size": int(self.size), "face": self.face.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Canvas:
+        return cls(size=int(d["size"]), face=Geometry.from_dict(d["face"]))
 
 
 def template_points(geometry: Geometry) -> np.ndarray:
@@ -322,13 +369,69 @@ def warp(images: Tensor, matrix: Tensor, size: tuple[int, int] | int, padding_mo
     )
 
 
+def crop(images: Tensor, landmarks: Tensor, geometry: Geometry, canvas_from_source: Tensor | None = None) -> Tensor:
+    """Cut the clean crop of ``geometry``: each face aligned exactly as the model expects, from a batch.
+
+    The crop a teacher scores, the student's clean view, cache entries, evaluation crops and ``aikd score``'s crop
+    are all this one function, so that "properly aligned" means the same pixels everywhere. It equals
+    :func:`aikd.misalign.misalign` with :meth:`~aikd.misalign.MisalignParams.identity` parameters (to float
+    precision), without building parameters that do nothing.
+
+    Args:
+        images: ``(B, C, H, W)`` canvases (or source images of one size when ``canvas_from_source`` is None);
+            integer images are read as ``[0, 255]``.
+        landmarks: ``(B, 5, 2)`` source-image landmarks.
+        geometry: the crop the model expects.
+        canvas_from_source: ``(B, 2, 3)`` canvas transforms of the faces (as :class:`Canvas` and the data
+            pipeline give them; inverted here in float64).
+
+    Returns:
+        ``(B, C, h, w)`` float crops in ``[0, 1]``.
+    """
+    m = crop_matrix(
+        landmarks.to(torch.float64),
+        geometry,
+        None if canvas_from_source is None else invert(canvas_from_source.to(torch.float64)),
+    )
+    return warp(images, m.to(torch.float32), geometry.hw)
+
+
+def crop_photo(image: np.ndarray, landmarks: np.ndarray, geometry: Geometry, canvas: Canvas) -> np.ndarray:
+    """One photo's model crop, cut exactly as the data pipeline cuts it for training and evaluation.
+
+    Scoring a single photo with a student must give the face the pixels the student was trained and evaluated on.
+    The data pipeline resamples twice: photo -> ``canvas`` (:meth:`Canvas.cut`, area prefilter on large photos,
+    uint8) and canvas -> crop (:func:`crop`, on the batch). Cutting the crop from the photo in one warp
+    (:func:`align_image`) differs by several grey levels on large photos; this function repeats both steps,
+    including the float32 storage of the landmarks and of the canvas transform, so the crops agree to float
+    precision.
+
+    Args:
+        image: ``H x W x 3`` uint8 RGB photo.
+        landmarks: ``(5, 2)`` source landmarks.
+        geometry: the model's crop.
+        canvas: the canvas the model was trained with (export metadata ``input.canvas``).
+
+    Returns:
+        The canonical face: ``(3, h, w)`` float32 RGB in ``[0, 1]``.
+    """
+    lm = np.asarray(landmarks, dtype=np.float32)  # stored as float32 by the data pipeline
+    pixels, m = canvas.cut(image, lm)
+    faces = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))[None].float() / 255.0
+    mat = torch.from_numpy(m.astype(np.float32))[None]
+    return crop(faces, torch.from_numpy(lm)[None], geometry, mat)[0].numpy()
+
+
 def align(
     images: Tensor,
     landmarks: Tensor,
     geometry: Geometry,
     source_from_canvas: Tensor | None = None,
 ) -> Tensor:
-    """Cut ``geometry`` crops from a batch: ``(B, C, H, W)`` images (sources or canvases), landmarks in source px."""
+    """Cut ``geometry`` crops from a batch: ``(B, C, H, W)`` images (sources or canvases), landmarks in source px.
+
+    Same crop as :func:`crop`, for callers holding the inverse canvas transform (``source_from_canvas``).
+    """
     m = crop_matrix(
         landmarks.to(torch.float64), geometry, None if source_from_canvas is None else source_from_canvas.double()
     )
@@ -336,7 +439,10 @@ def align(
 
 
 def align_image(image: np.ndarray, landmarks: np.ndarray, geometry: Geometry | Canvas) -> tuple[np.ndarray, np.ndarray]:
-    """Align one ``H x W x C`` uint8 image on the CPU with OpenCV.
+    """Align one ``H x W x C`` uint8 image on the CPU with OpenCV, in one warp from the photo.
+
+    For looking at faces and for tests. It is not the pixels a model is trained, evaluated or scored on: those
+    go through a canvas (:func:`crop_photo`), which on large photos differs by a few grey levels.
 
     Args:
         image: the source image.

@@ -1,8 +1,10 @@
 """Per-image caches: model outputs on the properly aligned faces of a dataset, computed once.
 
 Distillation needs what the frozen teacher says about each training face's clean alignment; training a
-quality head on a frozen backbone needs the backbone's embeddings. Neither depends on the student, the
-misalignment or the sweep, so aikd computes them once and stores them in a directory keyed by
+quality head on a frozen backbone needs the backbone's embeddings - and so does scoring such a teacher: its
+scores are its head on those cached embeddings, so every head on one backbone costs a single backbone pass.
+None of this depends on the student, the misalignment or the sweep, so aikd computes it once and stores it in a
+directory keyed by
 
 * the model's fingerprint (weights + config),
 * the dataset's image list (root and relative paths, file sizes and modification times, landmarks),
@@ -15,6 +17,7 @@ mask that makes filling them resumable: an interrupted run continues where it st
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -40,9 +43,15 @@ __all__ = [
     "dataset_fingerprint",
     "cache_key",
     "canvas_batch",
+    "feature_cache",
+    "features_root_for",
     "fill_cache",
+    "fill_scores_from_features",
+    "head_only_scoring",
+    "open_feature_cache",
     "open_teacher_score_cache",
     "teacher_scores",
+    "teacher_scores_from_features",
     "teacher_score_cache",
 ]
 
@@ -208,24 +217,27 @@ def fill_cache(
     Rows without landmarks or with unreadable images are skipped (they stay not-done). Progress is flushed
     to disk every ``flush_every_s`` seconds, so an interrupted fill resumes.
     """
-    from torch.utils.data import DataLoader, Subset
     from tqdm.auto import tqdm
 
-    from aikd.data.dataset import AlignedFaces, collate_faces
+    from aikd.data.dataset import face_loader
 
     todo = cache.todo(rows)
     if len(todo) == 0:
         return cache
-    ds = AlignedFaces(index, canvas)
-    position = {int(r): i for i, r in enumerate(ds.rows.tolist())}
-    sel = [position[int(r)] for r in todo if int(r) in position]
-    if not sel:
+    loader = face_loader(index, canvas, todo, batch_size=batch_size, num_workers=num_workers)
+    if len(loader.dataset) == 0:
         return cache
-    loader = DataLoader(Subset(ds, sel), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_faces)
     dev = torch.device(device)
     last = time.monotonic()
     done_before = int(cache.done.sum())
-    log.info("%s: %d of %d rows to compute (%d cached) in %s", desc, len(sel), cache.n, done_before, cache.directory)
+    log.info(
+        "%s: %d of %d rows to compute (%d cached) in %s",
+        desc,
+        len(loader.dataset),
+        cache.n,
+        done_before,
+        cache.directory,
+    )
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
             if len(batch["index"]) == 0:
@@ -272,29 +284,166 @@ def open_teacher_score_cache(teacher: Any, index: FaceIndex, canvas: Canvas, roo
     )
 
 
-def teacher_scores(teacher: Any) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
-    """``compute(batch) -> {"quality", ["embedding"]}``: the teacher on the properly aligned crop of each canvas
-    (a batch from :func:`canvas_batch`), i.e. what a teacher-score cache stores."""
-    from aikd.misalign import MisalignParams, misalign
+def _score_values(teacher: Any, quality: Tensor, embedding: Tensor | None) -> dict[str, Tensor]:
+    """The fields of a teacher-score cache row: float32 ``quality`` ``(B,)`` and, for teachers with one, the
+    embedding (the same post-processing as a frozen teacher's ``forward``)."""
+    values = {"quality": quality.reshape(-1).float()}
+    if teacher.embedding_dim and embedding is not None:
+        values["embedding"] = embedding.float()
+    return values
 
+
+def teacher_scores(teacher: Any, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The teacher's raw quality (and embedding) of the properly aligned crop of each canvas in ``batch``.
+
+    This is the distillation target, so there is one definition of it: the teacher-score cache stores it
+    (:func:`teacher_score_cache`, and each rank of the DDP pass in :mod:`aikd.distributed`) and distillation's
+    online mode computes it per batch (``DistillModule``); a cached run and an online run thus train on the same
+    numbers.
+
+    Args:
+        teacher: the frozen teacher, on the batch's device.
+        batch: ``image`` (float canvases in ``[0, 1]``, e.g. from :func:`canvas_batch`), ``landmarks`` and
+            ``canvas_from_source``.
+
+    Returns:
+        ``{"quality": (B,)}`` plus ``"embedding": (B, D)`` for teachers with an embedding.
+    """
+    from aikd.align import crop
+
+    geometry = teacher.input_spec.geometry
+    crops = crop(batch["image"], batch["landmarks"], geometry, batch["canvas_from_source"])
+    out = teacher(crops)
+    return _score_values(teacher, out.quality, out.embedding)
+
+
+def head_only_scoring(teacher: Any) -> bool:
+    """Whether ``teacher``'s scores can be computed from cached backbone features with its head alone.
+
+    True for an :class:`~aikd.teacher.EmbeddingTeacher` whose backbone is frozen (its weights are the pretrained
+    ones, shared by every head trained on them, so one feature cache serves them all) and whose ``predict`` is
+    the plain ``head(features(faces))`` (a subclass that changes either is scored from images, to be safe).
+    """
+    from aikd.teacher import EmbeddingTeacher
+
+    cls = type(teacher)
+    return (
+        isinstance(teacher, EmbeddingTeacher)
+        and teacher.backbone_frozen
+        and cls.predict is EmbeddingTeacher.predict
+        and cls.features is EmbeddingTeacher.features
+    )
+
+
+def teacher_scores_from_features(teacher: Any, features: Tensor) -> dict[str, Tensor]:
+    """:func:`teacher_scores` from the backbone features of the clean crops (``teacher.head`` only, eval mode).
+
+    For a teacher where :func:`head_only_scoring` holds this equals :func:`teacher_scores` on the crops the
+    features were computed from (to float rounding), without running the backbone.
+    """
+    teacher.eval()
+    with torch.no_grad():
+        out = teacher.head(features)
+    return _score_values(teacher, out.quality, out.embedding)
+
+
+def open_feature_cache(
+    teacher: Any, index: FaceIndex, canvas: Canvas, root: str | Path, create: bool = True
+) -> RowCache | None:
+    """The backbone-feature cache entry of ``teacher`` on ``index`` (nothing is computed).
+
+    The key is the backbone's fingerprint (weights, name, input spec), not the teacher's: every head trained on a
+    frozen backbone (CR-FIQA, RI, MagFace-style heads; each new recipe or seed) shares the entry. With
+    ``create=False`` a missing entry gives ``None`` instead of an empty one on disk.
+    """
+    key = cache_key(
+        teacher.backbone_fingerprint(),
+        dataset_fingerprint(index),
+        canvas,
+        {"geometry": teacher.input_spec.geometry.to_dict()},
+    )
+    directory = Path(root) / key
+    if not create and not (directory / "meta.json").is_file():
+        return None
+    return RowCache(
+        directory,
+        len(index),
+        {"features": ((int(teacher.backbone.embedding_dim),), np.float32)},
+        meta={"backbone": teacher.config.get("backbone")},
+    )
+
+
+def feature_cache(
+    teacher: Any,
+    index: FaceIndex,
+    canvas: Canvas,
+    root: str | Path,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    rows: np.ndarray | None = None,
+    progress: bool = True,
+) -> RowCache:
+    """Backbone features of the teacher's clean crops of ``index`` (of ``rows``, default all), cached.
+
+    Only rows whose features are not cached yet go through the backbone.
+    """
+    from aikd.align import crop
+
+    cache = open_feature_cache(teacher, index, canvas, root)
+    assert cache is not None
+    backbone = teacher.backbone
+    backbone.to(device).eval()
     geometry = teacher.input_spec.geometry
 
     def compute(b: dict[str, Tensor]) -> dict[str, Tensor]:
-        n = len(b["index"])
-        crops, _ = misalign(
-            b["image"],
-            b["landmarks"],
-            geometry,
-            MisalignParams.identity(n, device=b["image"].device),
-            b["canvas_from_source"],
-        )
-        out = teacher(crops)
-        values = {"quality": out.quality}
-        if teacher.embedding_dim and out.embedding is not None:
-            values["embedding"] = out.embedding
-        return values
+        crops = crop(b["image"], b["landmarks"], geometry, b["canvas_from_source"])
+        return {"features": backbone(crops)}
 
-    return compute
+    return fill_cache(
+        cache,
+        index,
+        canvas,
+        compute,
+        rows=rows,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        progress=progress,
+        desc="backbone features",
+    )
+
+
+def fill_scores_from_features(
+    cache: RowCache,
+    teacher: Any,
+    features: RowCache,
+    rows: np.ndarray | None = None,
+    device: str | torch.device | None = None,
+    chunk: int = 4096,
+) -> int:
+    """Fill the rows of a teacher-score ``cache`` (of ``rows``, default all) that are still to do and whose
+    backbone ``features`` are cached, with the teacher's head alone; return how many rows were written.
+
+    The head is a few small layers, so this takes milliseconds where the backbone pass takes minutes; rows
+    without cached features are left for the caller. ``device`` defaults to the teacher's.
+    """
+    if device is None:
+        device = next(iter(teacher.parameters()), torch.empty(0)).device
+    todo = cache.todo(rows)
+    todo = todo[features.done[todo]]
+    for s in range(0, len(todo), chunk):
+        part = todo[s : s + chunk]
+        (f,) = features.read(part, "features")
+        cache.write(part, **teacher_scores_from_features(teacher, f.to(device)))
+    cache.flush()
+    return len(todo)
+
+
+def features_root_for(root: str | Path) -> Path:
+    """Default backbone-feature cache root next to a teacher-score cache root: ``<cache>/teacher_scores`` ->
+    ``<cache>/features``, where teacher training (``aikd.teacher_fit.train_teacher``) puts its features."""
+    return Path(root).parent / "features"
 
 
 def teacher_score_cache(
@@ -306,15 +455,58 @@ def teacher_score_cache(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    features_root: str | Path | None = None,
+    reuse_features: bool = True,
 ) -> TeacherScoreCache:
-    """Open (and fill if needed) the teacher-score cache for ``teacher`` on ``index``."""
+    """Open (and fill if needed) the teacher-score cache for ``teacher`` on ``index``.
+
+    A teacher whose backbone is frozen (:func:`head_only_scoring`) is scored from the backbone's cached features
+    with its head alone: the features of the missing rows are computed once (and only those not cached yet,
+    e.g. by teacher training), then every head on that backbone - each new recipe, objective or seed - costs
+    milliseconds instead of a backbone pass over the dataset. Other teachers run on the images.
+
+    Args:
+        teacher: the frozen teacher.
+        index: the faces.
+        canvas: the canvas faces are aligned onto.
+        root: the teacher-score cache root (``<cache>/teacher_scores``).
+        batch_size: images per batch of an image pass.
+        num_workers: loader worker processes.
+        device: where the teacher runs.
+        progress: show progress bars.
+        features_root: the backbone-feature cache root (default: :func:`features_root_for` ``root``).
+        reuse_features: ``False`` scores every teacher from images (and writes no feature cache).
+    """
     cache = open_teacher_score_cache(teacher, index, canvas, root)
     teacher.to(device)
+    if reuse_features and head_only_scoring(teacher):
+        todo = cache.todo()
+        if len(todo) == 0:
+            return cache
+        features = feature_cache(
+            teacher,
+            index,
+            canvas,
+            features_root_for(root) if features_root is None else features_root,
+            batch_size=batch_size,
+            device=device,
+            num_workers=num_workers,
+            rows=todo,
+            progress=progress,
+        )
+        n = fill_scores_from_features(cache, teacher, features, todo, device=device)
+        log.info(
+            "teacher %s: %d rows scored by the head on cached backbone features (%s)",
+            teacher.name,
+            n,
+            features.directory,
+        )
+        return cache
     return fill_cache(
         cache,
         index,
         canvas,
-        teacher_scores(teacher),
+        functools.partial(teacher_scores, teacher),
         batch_size=batch_size,
         num_workers=num_workers,
         device=device,

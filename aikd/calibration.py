@@ -7,9 +7,9 @@ metadata):
 
 * ``"ecdf"`` (default) - the empirical CDF of the reference scores, piecewise linear between quantile knots:
   a calibrated score of 73 means "better than 73% of the reference set";
-* ``"logistic"`` - ``100 * sigmoid((x - centre) / scale)`` as OFIQ does for MagFace (there with centre 23.0 and
-  scale 2.6); fitted here with centre = median and scale = IQR / (2 ln 3), which makes the logistic's quartiles
-  match the reference quartiles.
+* ``"logistic"`` - ``100 * sigmoid((x - centre) / scale)`` as OFIQ does for MagFace (there with
+  :data:`OFIQ_MAGFACE_CENTRE` and :data:`OFIQ_MAGFACE_SCALE`); fitted here with centre = median and
+  scale = IQR / (2 ln 3), which makes the logistic's quartiles match the reference quartiles.
 
 Both are written with elementwise ops only, so they export to ONNX inside a model.
 """
@@ -24,7 +24,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Calibration"]
+__all__ = ["Calibration", "OFIQ_MAGFACE_CENTRE", "OFIQ_MAGFACE_SCALE"]
+
+#: OFIQ's (ISO/IEC 29794-5 reference implementation) MagFace mapping is ``100 * sigmoid((norm - centre) / scale)``
+#: with this centre and scale, tuned to the released MagFace model's norms (about 15-35). Named once here: the
+#: MagFace teacher's OFIQ calibration and :func:`aikd.losses.magface_ofiq_score` must agree to the last digit.
+OFIQ_MAGFACE_CENTRE = 23.0
+OFIQ_MAGFACE_SCALE = 2.6
 
 
 @dataclass

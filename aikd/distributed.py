@@ -8,7 +8,8 @@ several processes (``trainer=ddp``, ``trainer=ddp_cpu``, SLURM tasks), the teach
 * Lightning shards the rows still to compute over the ranks (its unrepeated distributed sampler: every row once);
 * each rank scores its rows with exactly the single-process computation (:func:`aikd.cache.teacher_scores` on
   :func:`aikd.cache.canvas_batch`; float32, whatever the trainer's precision, so a cache entry never depends on
-  how it was filled);
+  how it was filled); a frozen-backbone teacher's rows whose backbone features are already cached are scored
+  before that, by its head alone (:func:`aikd.cache.fill_scores_from_features`), and never reach the ranks;
 * :class:`RowCacheWriter` (a ``BasePredictionWriter``) stores them in the shared :class:`~aikd.cache.RowCache`:
 
   - ``"memmap"`` (one node): every rank writes its rows straight into the memory-mapped arrays. Rows are
@@ -41,7 +42,17 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch import Tensor
 
 from aikd.align import Canvas
-from aikd.cache import RowCache, TeacherScoreCache, canvas_batch, open_teacher_score_cache, teacher_scores
+from aikd.cache import (
+    RowCache,
+    TeacherScoreCache,
+    canvas_batch,
+    features_root_for,
+    fill_scores_from_features,
+    head_only_scoring,
+    open_feature_cache,
+    open_teacher_score_cache,
+    teacher_scores,
+)
 from aikd.data.index import FaceIndex
 
 log = logging.getLogger(__name__)
@@ -83,8 +94,7 @@ class TeacherScorer(pl.LightningModule):
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         if len(batch["index"]) == 0:  # every sample of the batch was unreadable (skipped by the collate)
             return {"index": batch["index"]}
-        # Built per batch (cheap) rather than stored: a closure would not pickle into spawned workers.
-        values = teacher_scores(self.teacher)(canvas_batch(batch, self.device))
+        values = teacher_scores(self.teacher, canvas_batch(batch, self.device))
         return {"index": batch["index"], **values}
 
 
@@ -250,6 +260,8 @@ def distributed_teacher_score_caches(
     num_workers: int = 0,
     mode: str = "auto",
     callbacks: Sequence[Any] = (),
+    features_root: str | Path | None = None,
+    reuse_features: bool = True,
 ) -> dict[str, TeacherScoreCache]:
     """Open the teacher-score caches of ``teacher`` on several datasets (e.g. ``{"train": ..., "val": ...}``) and
     fill their missing rows on all DDP processes, in one predict pass (one process launch for all of them).
@@ -268,6 +280,10 @@ def distributed_teacher_score_caches(
         num_workers: loader worker processes per rank.
         mode: ``"auto"`` (``memmap`` on one node, ``shards`` on several), ``"memmap"`` or ``"shards"``.
         callbacks: extra Lightning callbacks for the predict pass (e.g. timing, as ``benchmarks/ddp_cpu.py``).
+        features_root: the backbone-feature cache root (default: next to ``root``, see
+            :func:`aikd.cache.features_root_for`).
+        reuse_features: for a frozen-backbone teacher, score the rows whose backbone features are cached with its
+            head alone (as :func:`aikd.cache.teacher_score_cache` does); ``False`` scores every row from images.
 
     Returns:
         name -> cache, reopened after the fill (so this process sees what the other ranks wrote).
@@ -275,25 +291,33 @@ def distributed_teacher_score_caches(
     Raises:
         RuntimeError: rows that could be read were still missing after the fill.
     """
-    from torch.utils.data import DataLoader, Subset
-
-    from aikd.data.dataset import AlignedFaces, collate_faces
+    from aikd.data.dataset import face_loader
 
     names = list(indices)
     caches: dict[str, TeacherScoreCache] = {}
     todo: dict[str, np.ndarray] = {}
     loaders = []
+    head_only = reuse_features and head_only_scoring(teacher)
     for name in names:
         cache = open_teacher_score_cache(teacher, indices[name], canvas, root)
-        ds = AlignedFaces(indices[name], canvas)
-        rows = cache.todo(ds.rows)  # rows with landmarks not cached yet
         caches[name] = cache
+        if head_only:
+            # Rows whose backbone features are already cached (e.g. by teacher training) need the head alone: done
+            # here, on this process, in milliseconds; every rank computes the same values and then the same todo.
+            # Features are not computed in the distributed pass: the rest is scored from images.
+            froot = features_root_for(root) if features_root is None else features_root
+            features = open_feature_cache(teacher, indices[name], canvas, froot, create=False)
+            if features is not None:
+                n = fill_scores_from_features(cache, teacher, features)
+                log.info(
+                    "teacher %s on %s: %d rows scored by the head on cached backbone features", teacher.name, name, n
+                )
+        loader = face_loader(indices[name], canvas, cache.todo(), batch_size=batch_size, num_workers=num_workers)
+        rows = loader.dataset.rows  # rows with landmarks not cached yet
         if len(rows) == 0:
             continue
         todo[name] = rows
-        position = {int(r): i for i, r in enumerate(ds.rows.tolist())}
-        subset = Subset(ds, [position[int(r)] for r in rows])
-        loaders.append(DataLoader(subset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_faces))
+        loaders.append(loader)
     if not todo:
         return caches
     writer = RowCacheWriter([caches[n] for n in todo], mode=_resolve_mode(mode, trainer_config))

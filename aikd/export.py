@@ -20,14 +20,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from aikd import __version__
+from aikd import METADATA_FORMAT, __version__
 from aikd.calibration import Calibration
 from aikd.io import atomic_path, write_json
 from aikd.student import QualityExport, Student, build_student
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORMATS", "export_student", "load_student", "student_metadata", "onnx_parity", "quiet_exporters"]
+__all__ = [
+    "FORMATS",
+    "METADATA_FORMAT",
+    "export_student",
+    "load_student",
+    "student_metadata",
+    "onnx_parity",
+    "quiet_exporters",
+]
 
 FORMATS = ("onnx", "torch_export", "torchscript", "safetensors")
 
@@ -71,8 +79,9 @@ def student_metadata(
     """Everything needed to use an exported student correctly."""
     spec = student.input_spec
     h, w = spec.size
+    canvas = getattr(student, "canvas", None)
     return {
-        "format": "aikd-student-v1",
+        "format": METADATA_FORMAT,
         "aikd_version": __version__,
         "input": {
             "name": "faces",
@@ -81,6 +90,8 @@ def student_metadata(
             "range": [0.0, 1.0],
             "colour": "RGB",
             "alignment": spec.geometry.to_dict(),
+            # how the training crops were made (photo -> this canvas -> crop); absent when unknown
+            **({"canvas": canvas.to_dict()} if canvas is not None else {}),
             "note": "canonical faces: RGB in [0, 1], aligned with the 5-point template above; the model "
             "normalises internally (see network_input)",
         },
@@ -245,12 +256,13 @@ def load_student(path: str | Path) -> Student:
 
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("aikd", "{}"))
-        if meta.get("format") != "aikd-student-v1":
+        if meta.get("format") != METADATA_FORMAT:
             raise ValueError(f"{path}: no aikd student metadata; export it with aikd.export.export_student")
         student = build_student(meta["student"])
         _load_strict(student, load_file(str(path)), path)
         student.calibration = Calibration.from_dict(meta.get("calibration"))
         _restore_spec(student, meta.get("network_input"))
+        _restore_canvas(student, (meta.get("input") or {}).get("canvas"))
         return student.eval()
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -264,6 +276,7 @@ def load_student(path: str | Path) -> Student:
     _load_strict(student, state, path)
     student.calibration = Calibration.from_dict(hp.get("calibration"))
     _restore_spec(student, hp.get("input_spec"))
+    _restore_canvas(student, hp.get("canvas"))
     return student.eval()
 
 
@@ -274,6 +287,14 @@ def _restore_spec(student: Student, spec: dict[str, Any] | None) -> None:
         from aikd.preprocess import InputSpec
 
         student.backbone.input_spec = InputSpec.from_dict(spec)
+
+
+def _restore_canvas(student: Student, canvas: dict[str, Any] | None) -> None:
+    """Give the student back the canvas it was trained with (older files have none: the scorer's default)."""
+    if canvas:
+        from aikd.align import Canvas
+
+        student.canvas = Canvas.from_dict(canvas)
 
 
 def _load_strict(student: Student, state: dict[str, torch.Tensor], path: Path) -> None:

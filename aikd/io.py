@@ -1,8 +1,16 @@
-"""Small file utilities shared across aikd: cache location and atomic writes.
+"""Small file utilities shared across aikd: cache location, atomic writes and file hashes.
 
 Everything aikd writes that took time to compute (converted weights, landmark and teacher-score caches,
 checkpoints, exports, reports) goes through :func:`atomic_path`, so an interrupted run never leaves a
 half-written file that a later run would trust.
+
+Every cache (trained teachers, backbone features, teacher scores, landmarks, converted FaceNet/SFace weights,
+generated faces) lives under one root, :func:`cache_root`. Outside a pipeline run that is ``$AIKD_CACHE`` or
+``~/.cache/aikd``. A pipeline run uses its config's ``paths.cache_dir`` instead: :func:`aikd.pipeline.run` passes it
+explicitly where the call chain is short (teacher, teacher scores, features) and wraps the run in
+:func:`use_cache_root` for the caches reached through long chains of configured objects (a data source that
+detects missing landmarks, a backbone whose ``weights="default"`` are converted on first use), so that overriding
+``paths.cache_dir`` never splits one run's caches over two places.
 """
 
 from __future__ import annotations
@@ -16,15 +24,63 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cache_dir", "atomic_path", "current_umask", "write_json", "write_text", "sha256_file", "data_root"]
+__all__ = [
+    "cache_root",
+    "cache_dir",
+    "use_cache_root",
+    "atomic_path",
+    "current_umask",
+    "write_json",
+    "write_text",
+    "sha256_file",
+    "data_root",
+]
+
+#: The cache root of the pipeline run in progress, set only by :func:`use_cache_root` (``None``: no run).
+_run_cache_root: Path | None = None
+
+
+def cache_root() -> Path:
+    """The root of aikd's caches: the running pipeline's ``paths.cache_dir``, else ``$AIKD_CACHE``, else
+    ``~/.cache/aikd`` (not created here)."""
+    if _run_cache_root is not None:
+        return _run_cache_root
+    return Path(os.environ.get("AIKD_CACHE") or Path.home() / ".cache" / "aikd").expanduser()
 
 
 def cache_dir(sub: str | None = None) -> Path:
-    """aikd's cache directory: ``$AIKD_CACHE`` or ``~/.cache/aikd`` (created on demand)."""
-    root = Path(os.environ.get("AIKD_CACHE") or Path.home() / ".cache" / "aikd").expanduser()
+    """``sub`` under :func:`cache_root` (or the root itself), created on demand."""
+    root = cache_root()
     path = root / sub if sub else root
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def use_cache_root(root: str | Path) -> Iterator[Path]:
+    """Make ``root`` the cache root of every :func:`cache_dir` call inside the block, then restore the previous one.
+
+    The pipeline wraps a whole run in it so that caches written deep inside configured objects land under the
+    run's ``paths.cache_dir``, like the caches it passes that root to explicitly. It is process state: threads
+    started inside the block and forked workers see it; processes started with ``spawn`` do not (they fall back
+    to ``$AIKD_CACHE``), which is why the pipeline hands the root explicitly to the teacher and score caches that
+    distributed workers fill. Blocks nest; the innermost wins.
+
+    Args:
+        root: the cache root (``~`` is expanded; created if missing).
+
+    Yields:
+        The root as an expanded path.
+    """
+    global _run_cache_root
+    previous = _run_cache_root
+    path = Path(root).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    _run_cache_root = path
+    try:
+        yield path
+    finally:
+        _run_cache_root = previous
 
 
 def data_root() -> Path | None:
@@ -96,7 +152,11 @@ def _json_default(o: Any) -> Any:
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
+    """Hex SHA-256 of a file's bytes, read in chunks (model files run to hundreds of MB).
+
+    The one file hash of aikd and its teachers: model identities (ONNX teachers, bundled ONNX models, converted
+    weights' sources) are compared against digests written by it, so two implementations must never drift.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

@@ -40,12 +40,12 @@ line and the data sources pick one by name from :data:`DETECTORS` with :func:`ma
 :func:`detect_landmarks` fills the unknown landmarks of a
 :class:`~aikd.data.index.FaceIndex`, choosing one face per image with :func:`select_face`, and caches the result
 as a landmarks CSV in the generic format (extra columns ``n_faces, score, box_x, box_y, box_w, box_h``) under
-``aikd.io.cache_dir("landmarks")``. The cache key hashes the dataset root, the relative paths, each file's size and
-modification time, and the detector and selection settings (including the model files' SHA-256), so detection
-runs once per dataset and again only when an image or a setting changes. Partial progress is written every
-``checkpoint_every`` images, so an interrupted run resumes where it stopped. Images where no face is found keep
-NaN landmarks and are *reported* (``n_faces = 0`` rows, a log summary and :attr:`FaceIndex.issues`), never
-dropped; unreadable images get ``n_faces = -1``.
+``aikd.io.cache_dir("landmarks")`` (in a pipeline run, under its ``paths.cache_dir``). The cache key hashes the
+dataset root, the relative paths, each file's size and modification time, and the detector and selection settings
+(including the model files' SHA-256), so detection runs once per dataset and again only when an image or a setting
+changes. Partial progress is written every ``checkpoint_every`` images, so an interrupted run resumes where it
+stopped. Images where no face is found keep NaN landmarks and are *reported* (``n_faces = 0`` rows, a log summary
+and :attr:`FaceIndex.issues`), never dropped; unreadable images get ``n_faces = -1``.
 """
 
 from __future__ import annotations

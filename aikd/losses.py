@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aikd.calibration import OFIQ_MAGFACE_CENTRE, OFIQ_MAGFACE_SCALE
 from aikd.registry import Registry
 
 __all__ = [
@@ -645,13 +646,17 @@ def distillation_loss(
 def magface_ofiq_score(norm: float | np.ndarray | Tensor) -> float | np.ndarray | Tensor:
     """OFIQ's (ISO/IEC 29794-5 reference implementation) MagFace mapping to 0..100.
 
-    ``Q = round(clip(100 * sigmoid((x - 23) / 2.6), 0, 100))``. Rounding is half away from zero (C/C++
-    ``std::round``; for these non-negative values ``floor(v + 0.5)``), not Python's/torch's half-to-even.
+    ``Q = round(clip(100 * sigmoid((x - centre) / scale), 0, 100))`` with OFIQ's centre and scale
+    (:data:`aikd.calibration.OFIQ_MAGFACE_CENTRE`, :data:`~aikd.calibration.OFIQ_MAGFACE_SCALE`). Rounding is half
+    away from zero (C/C++ ``std::round``; for these non-negative values ``floor(v + 0.5)``), not Python's/torch's
+    half-to-even.
     Returns the input's kind: a float for a scalar, an array for an array, a float tensor for a tensor.
     """
     if isinstance(norm, Tensor):
         x = norm.double() if norm.dtype == torch.float64 else norm.float()
-        return torch.floor((100.0 * torch.sigmoid((x - 23.0) / 2.6)).clamp(0.0, 100.0) + 0.5)
+        return torch.floor(
+            (100.0 * torch.sigmoid((x - OFIQ_MAGFACE_CENTRE) / OFIQ_MAGFACE_SCALE)).clamp(0.0, 100.0) + 0.5
+        )
     x = np.asarray(norm, dtype=np.float64)
-    out = np.floor(np.clip(100.0 / (1.0 + np.exp(-(x - 23.0) / 2.6)), 0.0, 100.0) + 0.5)
+    out = np.floor(np.clip(100.0 / (1.0 + np.exp(-(x - OFIQ_MAGFACE_CENTRE) / OFIQ_MAGFACE_SCALE)), 0.0, 100.0) + 0.5)
     return float(out) if out.ndim == 0 else out

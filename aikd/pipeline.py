@@ -197,10 +197,10 @@ def _teacher(ctx: RunContext) -> None:
 
 
 def _device(cfg: DictConfig) -> str:
-    import torch
+    """The device of the run's passes outside the Trainer (teacher scores, evaluation): ``trainer.accelerator``'s."""
+    from aikd.devices import resolve_device
 
-    acc = str(cfg.trainer.get("accelerator", "auto")) if "trainer" in cfg else "cpu"
-    return "cuda" if acc in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu"
+    return resolve_device(cfg.trainer.get("accelerator", "auto") if "trainer" in cfg else "cpu")
 
 
 def _resume_path(cfg: DictConfig, output_dir: Path) -> str | None:
@@ -532,7 +532,7 @@ def _evaluate(ctx: RunContext) -> None:
         seed=int(ecfg.seed),
         batch_size=int(ecfg.batch_size),
         num_workers=int(ecfg.get("num_workers", 0)),
-        device="cuda" if ctx.cfg.trainer.get("accelerator") == "gpu" else "cpu",
+        device=_device(ctx.cfg),
         strict=bool(ecfg.strict),
         out_dir=out,
         meta={
@@ -648,7 +648,21 @@ def peak_rss_mb() -> dict[str, float]:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run ``cfg.stages`` and write ``results.json`` in the output directory; returns the results."""
+    """Run ``cfg.stages`` and write ``results.json`` in the output directory; returns the results.
+
+    Every cache the run writes or reads (teacher, features, teacher scores, landmarks, converted backbone weights,
+    generated faces) lives under ``paths.cache_dir``: the teacher and its score caches get that root passed
+    explicitly, and the whole run, validation included, is wrapped in :func:`aikd.io.use_cache_root` for the caches
+    that configured objects reach on their own (landmark detection in a data source, a backbone converting its
+    default weights). Without this, overriding ``paths.cache_dir`` would leave those under ``$AIKD_CACHE``.
+    """
+    from aikd.io import use_cache_root
+
+    with use_cache_root(_cache_root(cfg)):
+        return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> dict[str, Any]:
     import pytorch_lightning as pl
 
     if cfg.get("seed") is not None:

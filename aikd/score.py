@@ -39,6 +39,11 @@ In ``detect`` mode an image may show several faces; :func:`~aikd.landmarks.selec
 image centre in half-diagonals: the largest, most central, confident face, a subject photographed among
 bystanders. The detail says which face that was (its box and score) and how many were found.
 
+In ``detect`` and ``landmarks`` mode the crop is cut as training and evaluation cut it (:func:`aikd.align.crop_photo`):
+the photo is aligned onto the canvas the student was trained with (metadata ``input.canvas``; exports that predate it
+get :data:`DEFAULT_CANVAS`), then the model's crop is cut from that canvas. A one-step warp from the photo differs
+from the training crops by several grey levels on large photos, and the scores with it.
+
 Models load from an export (directory or its ``<name>.json``: the ONNX file on onnxruntime when present, else the
 safetensors weights), an ``.onnx`` file with its sibling ``.json``, a ``.safetensors`` student, or a Lightning
 ``.ckpt`` from distillation. Whatever the format, the model takes canonical faces (RGB ``[0, 1]``, cut with the
@@ -65,7 +70,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from aikd.align import Geometry, align_image
+from aikd import METADATA_FORMAT
+from aikd.align import Canvas, Geometry, crop_photo
 from aikd.data.index import IMAGE_EXTENSIONS, DataError, read_landmarks_csv
 from aikd.io import atomic_path
 from aikd.landmarks import DETECTORS, FaceDetector, detector_label
@@ -111,7 +117,12 @@ FACE_RULE = "largest, most central, confident face (max det_score x relative box
 #: How faces are aligned before scoring.
 MODES: tuple[str, ...] = ("detect", "landmarks", "aligned")
 BACKENDS: tuple[str, ...] = ("auto", "onnx", "torch")
-METADATA_FORMAT = "aikd-student-v1"
+#: The canvas of models whose metadata does not name one (exports from before it was recorded, students never
+#: distilled): :class:`~aikd.data.FaceDataModule`'s default, a 256 px canvas with the face at 160 px on the arcface
+#: template, as in ``conf/data/cfp.yaml`` and ``conf/data/folder.yaml``. A student trained on another canvas (the
+#: synthetic and RecordIO configs use 176 px with the face at 112 px) scores a few grey levels off its training
+#: crops with it; re-export it to record its own.
+DEFAULT_CANVAS = Canvas()
 
 
 class ScoreError(ValueError):
@@ -131,6 +142,8 @@ class QualityModel:
         source: the file the weights came from.
         backend: ``"onnx"`` (onnxruntime) or ``"torch"``.
         device: where it runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...).
+        canvas: the canvas the student was trained with (metadata ``input.canvas``, else :data:`DEFAULT_CANVAS`):
+            photos are aligned onto it before the crop is cut, as in training.
     """
 
     def __init__(
@@ -142,9 +155,11 @@ class QualityModel:
         backend: str,
         device: str,
         max_batch: int | None = None,
+        canvas: Canvas | None = None,
     ) -> None:
         self._run = run
         self.geometry = geometry
+        self.canvas = canvas or DEFAULT_CANVAS
         self.metadata = metadata
         self.source = source
         self.backend = backend
@@ -181,15 +196,13 @@ class QualityModel:
 
 
 def _resolve_device(device: str) -> str:
-    import torch
+    """``--device`` by the rule training and evaluation use (:func:`aikd.devices.resolve_device`)."""
+    from aikd.devices import DeviceError, resolve_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ScoreError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ScoreError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    return device
+    try:
+        return resolve_device(device)
+    except DeviceError as err:
+        raise ScoreError(f"--device {device}: {err}") from err
 
 
 def _read_metadata(path: Path) -> dict[str, Any]:
@@ -210,6 +223,17 @@ def _geometry_of(meta: dict[str, Any], path: Path) -> Geometry:
         return Geometry.from_dict(meta["input"]["alignment"])
     except (KeyError, TypeError, ValueError) as err:
         raise ScoreError(f"{path}: metadata lacks a valid input.alignment geometry ({err})") from err
+
+
+def _canvas_of(meta: dict[str, Any], path: Path) -> Canvas:
+    """The training canvas from the metadata; :data:`DEFAULT_CANVAS` for metadata without one (older exports)."""
+    value = (meta.get("input") or {}).get("canvas")
+    if not value:
+        return DEFAULT_CANVAS
+    try:
+        return Canvas.from_dict(value)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ScoreError(f"{path}: metadata has an invalid input.canvas ({err})") from err
 
 
 def _onnx_model(
@@ -255,7 +279,8 @@ def _onnx_model(
         return raw, q
 
     geometry = _geometry_of(meta, onnx_path)
-    return QualityModel(run, geometry, meta, onnx_path, "onnx", device, max_batch=fixed)
+    canvas = _canvas_of(meta, onnx_path)
+    return QualityModel(run, geometry, meta, onnx_path, "onnx", device, max_batch=fixed, canvas=canvas)
 
 
 def _torch_model(student: Any, meta: dict[str, Any], source: Path, device: str) -> QualityModel:
@@ -270,7 +295,7 @@ def _torch_model(student: Any, meta: dict[str, Any], source: Path, device: str) 
             raw, q = model(torch.from_numpy(faces).to(device))
         return raw.float().cpu().numpy(), q.float().cpu().numpy()
 
-    return QualityModel(run, _geometry_of(meta, source), meta, source, "torch", device)
+    return QualityModel(run, _geometry_of(meta, source), meta, source, "torch", device, canvas=_canvas_of(meta, source))
 
 
 def _load_student(path: Path) -> Any:
@@ -552,6 +577,7 @@ def _row(path: str, status: str, detail: str = "") -> dict[str, Any]:
 
 
 def _to_canonical(crop: np.ndarray) -> np.ndarray:
+    """``H x W x 3`` uint8 -> ``(3, H, W)`` float32 in ``[0, 1]`` (``aligned`` mode: the crop is the input)."""
     return (crop.astype(np.float32) / 255.0).transpose(2, 0, 1)
 
 
@@ -613,7 +639,11 @@ def _aligned_problems(image: np.ndarray, crop: np.ndarray, geometry: Geometry) -
 
 
 class _Prepared:
-    """One input on its way to the model: a crop, or the row saying why there is none."""
+    """One input on its way to the model: a crop, or the row saying why there is none.
+
+    ``crop`` is the canonical face the model takes: ``(3, h, w)`` float32 RGB in ``[0, 1]``, kept in float from the
+    canvas on (rounding it to uint8 would add an error the training crops do not have).
+    """
 
     __slots__ = ("path", "image", "crop", "row", "detail", "status")
 
@@ -690,7 +720,7 @@ def score_images(
     # Objects that do not say what they are (stand-ins without settings) are described as the default detector.
     label = detector_label(detector, default="MTCNN") if mode == "detect" else ""
     base = Path(root).expanduser() if root is not None else None
-    geometry = model.geometry
+    geometry, canvas = model.geometry, model.canvas
     keys = [str(p) for p in paths]
 
     detect_floor = float(getattr(detector, "min_face_size", min_face_size)) if mode == "detect" else 0.0
@@ -716,8 +746,9 @@ def score_images(
             item.row = _row(path, "too_small", f"image too small ({w}x{h} px): {why}")
             return item
         if mode == "aligned":
-            item.crop = _resize(image, geometry.hw)
-            problems = _aligned_problems(image, item.crop, geometry)
+            resized = _resize(image, geometry.hw)
+            item.crop = _to_canonical(resized)
+            problems = _aligned_problems(image, resized, geometry)
             if problems:
                 item.status = "suspect"
                 item.detail = "; ".join([*problems, _aligned_requirement(geometry)])
@@ -737,7 +768,7 @@ def score_images(
                 why = f"{table.where(key)}: its landmark fields are empty (fill them with aikd detect-landmarks)"
                 item.row = _row(path, "no_landmarks", "; ".join([why, *notes]))
                 return item
-            item.crop = align_image(image, lm, geometry)[0]
+            item.crop = crop_photo(image, lm, geometry, canvas)
             if notes:  # e.g. a later duplicate row for this path, skipped
                 item.detail = "; ".join([f"landmarks from {table.where(key)}", *notes])
         else:
@@ -752,10 +783,10 @@ def score_images(
     try:
         for chunk in _prepared_chunks(keys, prepare, batch_size, workers):
             if mode == "detect":
-                _detect_and_align(chunk, detector, geometry, label)
+                _detect_and_align(chunk, detector, geometry, canvas, label)
             todo = [it for it in chunk if it.row is None]
             if todo:
-                raw, q = model(np.stack([_to_canonical(it.crop) for it in todo]))
+                raw, q = model(np.stack([it.crop for it in todo]))
                 for it, r, v in zip(todo, raw.tolist(), q.tolist()):
                     it.row = {**_row(it.path, it.status, it.detail), "quality_0_100": v, "quality_raw": r}
             rows.extend(it.row for it in chunk)
@@ -819,8 +850,11 @@ def _default_detector(min_face_size: float, device: str, num_threads: int | None
         ) from err
 
 
-def _detect_and_align(chunk: list[_Prepared], detector: FaceDetector, geometry: Geometry, label: str) -> None:
-    """Detect the faces of ``chunk`` in one batch and align the chosen one; ``label`` names the detector in details.
+def _detect_and_align(
+    chunk: list[_Prepared], detector: FaceDetector, geometry: Geometry, canvas: Canvas, label: str
+) -> None:
+    """Detect the faces of ``chunk`` in one batch and crop the chosen one (through ``canvas``, as in training);
+    ``label`` names the detector in details.
 
     Scored rows end with ``detector=<name>`` when the detector states its kind, so a CSV mixing runs (or read
     months later) says which detector placed the face: the two detectors' points differ by a few percent of the
@@ -839,7 +873,7 @@ def _detect_and_align(chunk: list[_Prepared], detector: FaceDetector, geometry: 
             size = getattr(detector, "min_face_size", "?")
             it.row = _row(it.path, "no_face", f"no face detected ({label}, min_face_size {size})")
         else:
-            it.crop = align_image(it.image, det.landmarks[k], geometry)[0]
+            it.crop = crop_photo(it.image, det.landmarks[k], geometry, canvas)
             x1, y1, x2, y2 = (round(float(v)) for v in det.boxes[k])
             it.detail = f"det_score={float(det.scores[k]):.4f}; box={x1},{y1},{x2},{y2}; faces={len(det)}"
             if len(det) > 1:

@@ -12,7 +12,8 @@ from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
-from aikd.backbones import FaceBackbone, create_backbone
+from aikd.align import Canvas
+from aikd.backbones import FaceBackbone, create_backbone, set_trainable
 from aikd.calibration import Calibration
 from aikd.config import to_plain
 from aikd.preprocess import InputSpec
@@ -37,8 +38,9 @@ class Student(nn.Module):
             backbone's.
         hidden: width of the quality head's hidden layer (AI-KD: 1024); ``0`` makes the head a single linear
             layer (like CR-FIQA's ``qs``), which can be initialised from a teacher's head.
-        trainable: ``"all"``, or ``"head"`` (backbone frozen) - AI-KD trains only the last layers of a
-            pretrained FR backbone; with ``"last:K"`` the last K parameter tensors of the backbone stay trainable.
+        trainable: ``"all"``, ``"head"`` or ``"none"`` (backbone frozen) - AI-KD trains only the last layers of a
+            pretrained FR backbone; with ``"last:K"`` the last K parameter tensors of the backbone stay trainable
+            (:func:`aikd.backbones.parse_trainable`, shared with the teachers' ``trainable_backbone``).
     """
 
     def __init__(
@@ -74,6 +76,9 @@ class Student(nn.Module):
         else:
             self.quality_head = nn.Linear(self.embedding_dim, 1)
         self.calibration = Calibration()
+        #: The canvas its training faces were aligned onto (set by distillation, exported in the metadata):
+        #: scoring repeats photo -> canvas -> crop with it, so a scored face gets the pixels of a trained one.
+        self.canvas: Canvas | None = None
         self.set_trainable(trainable)
 
     @property
@@ -82,17 +87,7 @@ class Student(nn.Module):
 
     def set_trainable(self, trainable: str) -> None:
         """Choose which backbone parameters train (heads always train)."""
-        params = list(self.backbone.parameters())
-        if trainable == "all":
-            keep = len(params)
-        elif trainable == "head":
-            keep = 0
-        elif trainable.startswith("last:"):
-            keep = int(trainable.split(":", 1)[1])
-        else:
-            raise ValueError(f"trainable must be 'all', 'head' or 'last:K', got {trainable!r}")
-        for i, p in enumerate(params):
-            p.requires_grad_(i >= len(params) - keep)
+        set_trainable(self.backbone, trainable)
         self.trainable = trainable
 
     def forward(self, faces: Tensor) -> StudentOutput:

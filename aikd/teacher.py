@@ -199,7 +199,8 @@ class EmbeddingTeacher(Teacher):
         backbone_kwargs: extra factory arguments.
         projection_dim: size of a ``Linear + BatchNorm1d`` projection trained on top of the backbone (``None``: the
             backbone's embedding is the teacher's embedding, as in official CR-FIQA/MagFace checkpoints).
-        trainable_backbone: ``"none"`` (frozen), ``"all"`` or ``"last:K"`` (last K parameter tensors) when trained.
+        trainable_backbone: ``"none"`` / ``"head"`` (frozen), ``"all"`` or ``"last:K"`` (last K parameter tensors)
+            when trained (:func:`aikd.backbones.parse_trainable`, shared with the student's ``trainable``).
         quality_head: add a ``Linear(embedding, 1)`` regression head (CR-FIQA's ``qs``).
     """
 
@@ -244,17 +245,9 @@ class EmbeddingTeacher(Teacher):
         )
 
     def _set_backbone_trainable(self, mode: str) -> None:
-        params = list(self.backbone.parameters())
-        if mode == "none":
-            keep = 0
-        elif mode == "all":
-            keep = len(params)
-        elif mode.startswith("last:"):
-            keep = int(mode.split(":", 1)[1])
-        else:
-            raise ValueError(f"trainable_backbone must be 'none', 'all' or 'last:K', got {mode!r}")
-        for i, p in enumerate(params):
-            p.requires_grad_(i >= len(params) - keep)
+        from aikd.backbones import set_trainable
+
+        set_trainable(self.backbone, mode)
 
     def adopt_backbone(self, net: nn.Module, quality_head: nn.Module | None = None) -> None:
         """Use an already loaded network (an official checkpoint) as the backbone: its input spec comes with it,
@@ -267,7 +260,10 @@ class EmbeddingTeacher(Teacher):
 
     @property
     def backbone_frozen(self) -> bool:
-        return self.trainable_backbone == "none"
+        from aikd.backbones import parse_trainable
+
+        # "head" and "last:0" freeze it as "none" does; its features can then be computed once and cached
+        return parse_trainable(self.trainable_backbone) == 0
 
     def backbone_fingerprint(self) -> str:
         """Fingerprint of the backbone alone (keys the cache of its features)."""

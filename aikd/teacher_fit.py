@@ -25,9 +25,11 @@ import numpy as np
 import torch
 
 from aikd.align import Canvas
+from aikd.cache import feature_cache  # backbone features, keyed by the backbone alone
 from aikd.calibration import Calibration
 from aikd.config import to_plain
 from aikd.data.index import FaceIndex
+from aikd.devices import resolve_device
 from aikd.teacher import TEACHERS, EmbeddingTeacher, Teacher, load_teacher, save_teacher
 
 log = logging.getLogger(__name__)
@@ -79,99 +81,56 @@ def _calibrate(teacher: Teacher, raw: np.ndarray, kind: str | None) -> None:
 
 
 def _training_scores(
-    teacher: Teacher, index: FaceIndex, canvas: Canvas, features: Any | None, device: str, batch_size: int
-) -> np.ndarray:
-    if features is not None and isinstance(teacher, EmbeddingTeacher):
-        rows = np.flatnonzero(features.done)
-        (f,) = features.read(rows, "features")
-        with torch.no_grad():
-            teacher.eval()
-            return torch.cat(
-                [teacher.head(f[i : i + 4096].to(device)).quality.cpu() for i in range(0, len(f), 4096)]
-            ).numpy()
-    from aikd.cache import teacher_score_cache
-    from aikd.io import cache_dir
-
-    cache = teacher_score_cache(
-        teacher, index, canvas, cache_dir("teacher_scores"), batch_size=batch_size, device=device
-    )
-    return np.asarray(cache.arrays["quality"])[cache.done]
-
-
-def feature_cache(
-    teacher: EmbeddingTeacher,
+    teacher: Teacher,
     index: FaceIndex,
     canvas: Canvas,
-    root: Path,
-    batch_size: int,
+    features: Any | None,
     device: str,
-    num_workers: int = 0,
-) -> Any:
-    """Backbone features of the teacher's clean crops of ``index`` (cached; keyed by the backbone alone)."""
-    from aikd.cache import RowCache, cache_key, dataset_fingerprint, fill_cache
-    from aikd.misalign import MisalignParams, misalign
+    batch_size: int,
+    cache_root: Path,
+) -> np.ndarray:
+    # cache_root is the run's (paths.cache_dir), the one the teacher itself is cached under: a teacher's caches
+    # never split between two roots.
+    if features is not None and isinstance(teacher, EmbeddingTeacher):
+        from aikd.cache import teacher_scores_from_features
 
-    backbone = teacher.backbone
-    key = cache_key(
-        teacher.backbone_fingerprint(),
-        dataset_fingerprint(index),
-        canvas,
-        {"geometry": teacher.input_spec.geometry.to_dict()},
-    )
-    cache = RowCache(
-        root / key,
-        len(index),
-        {"features": ((int(backbone.embedding_dim),), np.float32)},
-        meta={"backbone": teacher.config.get("backbone")},
-    )
-    backbone.to(device).eval()
-    geometry = teacher.input_spec.geometry
+        rows = np.flatnonzero(features.done)
+        (f,) = features.read(rows, "features")
+        return torch.cat(
+            [
+                teacher_scores_from_features(teacher, f[i : i + 4096].to(device))["quality"].cpu()
+                for i in range(0, len(f), 4096)
+            ]
+        ).numpy()
+    from aikd.cache import teacher_score_cache
 
-    def compute(b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        params = MisalignParams.identity(len(b["index"]), device=b["image"].device)
-        crops, _ = misalign(b["image"], b["landmarks"], geometry, params, b["canvas_from_source"])
-        return {"features": backbone(crops)}
-
-    return fill_cache(
-        cache,
-        index,
-        canvas,
-        compute,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device=device,
-        desc="backbone features",
+    cache = teacher_score_cache(
+        teacher, index, canvas, cache_root / "teacher_scores", batch_size=batch_size, device=device
     )
+    return np.asarray(cache.arrays["quality"])[cache.done]
 
 
 def _ui_features(
     teacher: EmbeddingTeacher, index: FaceIndex, canvas: Canvas, n: int, seed: int, device: str
 ) -> torch.Tensor:
     """Backbone features of ``n`` training faces degraded beyond recognition (RI's unrecognisable identities)."""
-    from aikd.data.dataset import AlignedFaces, collate_faces
+    from aikd.align import crop
+    from aikd.data.dataset import face_loader
     from aikd.degrade import make_unrecognisable
-    from aikd.misalign import MisalignParams, misalign
 
-    ds = AlignedFaces(index, canvas)
+    usable = np.flatnonzero(index.has_landmarks)  # the rows AlignedFaces reads (faces without landmarks skipped)
     rng = np.random.default_rng(seed)
-    pick = rng.choice(len(ds), size=min(n, len(ds)), replace=False)
+    pick = rng.choice(len(usable), size=min(n, len(usable)), replace=False)
     gen = torch.Generator().manual_seed(seed)
     feats = []
     teacher.backbone.to(device).eval()
     with torch.no_grad():
-        for s in range(0, len(pick), 64):
-            batch = collate_faces([ds[int(i)] for i in pick[s : s + 64]])
+        for batch in face_loader(index, canvas, usable[pick], batch_size=64):
             if len(batch["index"]) == 0:
                 continue
             img = batch["image"].to(device).float() / 255.0
-            params = MisalignParams.identity(len(img), device=img.device)
-            crops, _ = misalign(
-                img,
-                batch["landmarks"].to(device),
-                teacher.input_spec.geometry,
-                params,
-                batch["canvas_from_source"].to(device),
-            )
+            lm, mat = batch["landmarks"].to(device), batch["canvas_from_source"].to(device)
+            crops = crop(img, lm, teacher.input_spec.geometry, mat)
             feats.append(teacher.backbone(make_unrecognisable(crops, gen)).cpu())
     return torch.cat(feats)
 
@@ -200,11 +159,7 @@ def train_teacher(
     index = datamodule.index("train")
     canvas = datamodule.canvas
     trainer_kwargs = dict(trainer_kwargs or {})
-    device = (
-        "cuda"
-        if torch.cuda.is_available() and trainer_kwargs.get("accelerator") in (None, "auto", "gpu", "cuda")
-        else "cpu"
-    )
+    device = resolve_device(trainer_kwargs.get("accelerator"))
     teacher = spec.instantiate()
     if not isinstance(teacher, EmbeddingTeacher):
         raise TypeError(
@@ -283,7 +238,7 @@ def train_teacher(
             module.epoch_losses[0],
         )
     teacher.freeze()
-    scores = _training_scores(teacher, index, canvas, features, device, batch_size=64)
+    scores = _training_scores(teacher, index, canvas, features, device, 64, cache_root)
     _calibrate(teacher, scores, spec.calibration)
     return teacher
 
@@ -331,7 +286,10 @@ def obtain_teacher(
         teacher = spec.instantiate()
         if teacher.calibration.kind == "identity" and spec.calibration:
             teacher.freeze()
-            scores = _training_scores(teacher, datamodule.index("train"), datamodule.canvas, None, "cpu", 64)
+            device = resolve_device((trainer_kwargs or {}).get("accelerator"))
+            scores = _training_scores(
+                teacher, datamodule.index("train"), datamodule.canvas, None, device, 64, cache_root
+            )
             _calibrate(teacher, scores, spec.calibration)
     teacher.freeze()
     from aikd.io import write_json

@@ -20,6 +20,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from aikd.devices import DeviceError, resolve_device
+
 log = logging.getLogger("aikd")
 
 __all__ = ["ConfigError", "validate_run", "adapt_to_teacher", "override_hints", "did_you_mean", "check_attributes"]
@@ -121,19 +123,6 @@ def adapt_to_teacher(cfg: DictConfig) -> list[str]:
     return changes
 
 
-def _parse_operating_point(op: str) -> str | None:
-    kind, _, value = str(op).partition("=")
-    if kind not in ("start_err", "fmr"):
-        return f"evaluation.operating_points: '{op}' must be start_err=<rate> or fmr=<rate>"
-    try:
-        v = float(value)
-    except ValueError:
-        return f"evaluation.operating_points: '{op}' has no number after '='"
-    if not 0.0 < v < 1.0:
-        return f"evaluation.operating_points: '{op}': the rate must lie in (0, 1)"
-    return None
-
-
 def _check_evaluation(cfg: DictConfig, problems: list[str]) -> None:
     from aikd.backbones import list_backbones
     from aikd.config import list_options
@@ -147,10 +136,13 @@ def _check_evaluation(cfg: DictConfig, problems: list[str]) -> None:
                 f"evaluation.conditions: unknown condition '{c}'{did_you_mean(c, presets)}; conditions are "
                 f"conf/misalign options: {', '.join(presets)}"
             )
+    from aikd.evaluation.edc import parse_operating_point
+
     for op in ecfg.get("operating_points") or []:
-        msg = _parse_operating_point(op)
-        if msg:
-            problems.append(msg)
+        try:
+            parse_operating_point(str(op))
+        except ValueError as err:  # the parser's message says which forms are understood
+            problems.append(f"evaluation.operating_points: {err}")
     for lim in ecfg.get("limits") or []:
         if not 0.0 < float(lim) <= 1.0:
             problems.append(f"evaluation.limits: {lim} must be a discard fraction in (0, 1]")
@@ -318,12 +310,11 @@ def validate_run(cfg: DictConfig, stages: Iterable[str]) -> list[str]:
     resume = cfg.get("resume", "auto")
     if resume not in (None, False, "auto", "none", "null") and not Path(str(resume)).expanduser().is_file():
         problems.append(f"resume={resume}: no such checkpoint (use resume=auto, null, or a .ckpt path)")
-    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "cpu"))
-    if accelerator in ("gpu", "cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            problems.append(f"trainer.accelerator={accelerator} but this machine has no CUDA device: use trainer=cpu")
+    accelerator = (cfg.get("trainer") or {}).get("accelerator", "cpu")
+    try:
+        resolve_device(accelerator)  # the rule the teacher and evaluation passes follow (aikd.devices)
+    except DeviceError as err:
+        problems.append(f"trainer.accelerator={accelerator}: {err}")
     _check_data(cfg, problems)
     n_before = len(problems)
     _check_teacher(cfg, problems)

@@ -21,11 +21,11 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from aikd.calibration import Calibration
+from aikd.calibration import OFIQ_MAGFACE_CENTRE, OFIQ_MAGFACE_SCALE, Calibration
 from aikd.teacher import EmbeddingTeacher, register_teacher
 
-#: OFIQ's (ISO/IEC 29794-5 reference implementation) MagFace mapping ``100 * sigmoid((norm - 23.0) / 2.6)``.
-OFIQ_CALIBRATION = Calibration(kind="logistic", centre=23.0, scale=2.6)
+#: OFIQ's (ISO/IEC 29794-5 reference implementation) MagFace mapping ``100 * sigmoid((norm - centre) / scale)``.
+OFIQ_CALIBRATION = Calibration(kind="logistic", centre=OFIQ_MAGFACE_CENTRE, scale=OFIQ_MAGFACE_SCALE)
 
 
 @register_teacher("magface")
@@ -39,7 +39,7 @@ class MagFaceTeacher(EmbeddingTeacher):
             ``backbone`` and ``projection_dim`` (the released iResNet's own embedding is the teacher's).
         arch: its architecture (``"iresnet100"`` for the released model; ``None`` infers it from the file's block
             counts).
-        ofiq_calibration: use OFIQ's MagFace mapping ``100 * sigmoid((norm - 23.0) / 2.6)`` as the calibration.
+        ofiq_calibration: use OFIQ's MagFace mapping (:data:`OFIQ_CALIBRATION`) as the calibration.
             It only makes sense for norms on the released model's scale (about 15-35); a teacher trained here
             has norms on its own scale and should keep the fitted (ECDF) calibration. OFIQ also rounds to an
             integer and clips to ``[0, 100]``; aikd's calibration is the *unrounded* logistic (continuous, so it

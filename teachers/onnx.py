@@ -20,7 +20,6 @@ file lives and which execution providers run it do not change the fingerprint.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aikd.io import atomic_path
+from aikd.io import atomic_path, sha256_file
 from aikd.preprocess import InputSpec
 from aikd.teacher import Teacher, TeacherOutput, module_fingerprint, register_teacher
 
-__all__ = ["ONNXTeacher", "QUALITY_TRANSFORMS", "file_sha256", "export_example_model", "EXAMPLE_INPUT_SPEC"]
+__all__ = ["ONNXTeacher", "QUALITY_TRANSFORMS", "export_example_model", "EXAMPLE_INPUT_SPEC"]
 
 QUALITY_TRANSFORMS = ("identity", "norm", "negate")
 
@@ -50,15 +49,6 @@ EXAMPLE_INPUT_SPEC: dict[str, Any] = {
     "value_range": 1.0,
     "standardize": "none",
 }
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes (read in chunks: FR models are hundreds of MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _onnxruntime() -> Any:
@@ -123,7 +113,7 @@ class ONNXTeacher(Teacher):
                 f"ONNX teacher model not found: {file}. Set teacher.build.path to the .onnx file of your FIQA model"
             )
         self.path = file
-        self.sha256 = file_sha256(file)
+        self.sha256 = sha256_file(file)
         if sha256 is not None and sha256 != self.sha256:
             raise ValueError(
                 f"{file}: the ONNX file changed (sha256 {self.sha256[:12]}..., expected {sha256[:12]}...). The teacher "
@@ -167,7 +157,7 @@ class ONNXTeacher(Teacher):
     def session(self) -> Any:
         """The onnxruntime session, created on first use (and again after unpickling: sessions do not pickle)."""
         if self._session is None:
-            if self.config and file_sha256(self.path) != self.sha256:
+            if self.config and sha256_file(self.path) != self.sha256:
                 raise ValueError(f"{self.path}: the ONNX file changed after this teacher was built; rebuild it")
             ort = _onnxruntime()
             options = ort.SessionOptions()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from aikd.align import align_image
+from aikd.align import align_image, crop_photo
 from aikd.calibration import Calibration
 from aikd.cli import main
 from aikd.data.dataset import read_image
@@ -23,7 +23,7 @@ from aikd.data.index import read_landmarks_csv
 from aikd.data.synthetic import SyntheticFaces
 from aikd.export import export_student
 from aikd.landmarks import DETECTORS, detector_label, detector_name, landmark_cache_path, make_detector, select_face
-from aikd.score import score_images
+from aikd.score import DEFAULT_CANVAS, score_images
 from aikd.student import Student
 
 pytestmark = pytest.mark.skipif(
@@ -157,8 +157,8 @@ def test_score_with_yunet_names_it(photos: Path, tmp_path: Path, capsys) -> None
     for img, det, r in zip(images, found, rows):
         k = select_face(det, img.shape)
         assert r["detail"].startswith(f"det_score={det.scores[k]:.4f}; box=")
-        crops.append(align_image(img, det.landmarks[k], student.input_spec.geometry)[0])
-    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
+        crops.append(crop_photo(img, det.landmarks[k], student.input_spec.geometry, DEFAULT_CANVAS))  # as scored
+    x = torch.from_numpy(np.stack(crops))
     with torch.no_grad():
         raw = student(x).quality.numpy()
     np.testing.assert_allclose([float(r["quality_raw"]) for r in rows], raw, atol=1e-3, rtol=0)

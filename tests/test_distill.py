@@ -13,7 +13,7 @@ from conftest import write_folder_dataset
 from aikd.align import Canvas, Geometry
 from aikd.cache import teacher_score_cache
 from aikd.data import FaceDataModule, FolderSource
-from aikd.export import export_student, load_student
+from aikd.export import export_student, load_student, student_metadata
 from aikd.misalign import LandmarkJitter, MisalignParams, misalign
 from aikd.modules import DistillModule
 from aikd.student import Student
@@ -114,6 +114,8 @@ def test_teacher_unchanged_and_not_in_checkpoint(datamodule: FaceDataModule, tmp
     loaded = load_student(ckpt_path)
     x = torch.rand(2, 3, 64, 64)
     torch.testing.assert_close(loaded(x).quality, module.student.eval()(x).quality)
+    # ... and with the canvas its faces were aligned onto, which its export records for `aikd score`
+    assert loaded.canvas == CANVAS and student_metadata(loaded)["input"]["canvas"] == CANVAS.to_dict()
 
 
 def test_cached_targets_equal_online_teacher(datamodule: FaceDataModule, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from conftest import dot_image, random_landmarks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aikd.align import Canvas, Geometry, align_image, template_points
+from aikd.align import TEMPLATES, Canvas, Geometry, align_image, crop, template_points
 from aikd.misalign import (
     BoxCrop,
     Compose,
@@ -224,3 +224,30 @@ def test_bad_arguments_are_rejected() -> None:
         TemplateSwitch([("nope", 1.0)])
     with pytest.raises(ValueError):
         OneOf([BoxCrop()], weights=[-1])
+
+
+@pytest.mark.parametrize("template", [*sorted(TEMPLATES), "box"])
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    size=st.sampled_from([64, 112, (112, 96)]),
+    zoom=st.floats(0.7, 1.3),
+    canvas_size=st.sampled_from([128, 176, 256]),
+    on_canvas=st.booleans(),
+)
+def test_crop_is_misalign_with_identity_params(
+    template: str, seed: int, size: int | tuple[int, int], zoom: float, canvas_size: int, on_canvas: bool
+) -> None:
+    """``crop`` is the clean crop ``misalign`` cuts with identity parameters: random pixels, faces and canvases."""
+    rng = np.random.default_rng(seed)
+    geometry = Geometry(size=size, template=template, zoom=zoom)
+    lms = torch.from_numpy(random_landmarks(rng, 3, size=300, roll=40.0)).float()
+    face = Geometry(size=int(rng.integers(64, 129)), template=str(rng.choice(sorted(TEMPLATES))))
+    canvas = Canvas(size=canvas_size, face=face)
+    side = canvas_size if on_canvas else 300
+    images = torch.from_numpy(rng.integers(0, 256, (3, 3, side, side), dtype=np.uint8))
+    mats = torch.from_numpy(np.stack([canvas.matrix(lm) for lm in lms.numpy()])).float() if on_canvas else None
+    expected, _ = misalign(images, lms, geometry, MisalignParams.identity(3), mats)
+    got = crop(images, lms, geometry, mats)
+    assert got.shape == expected.shape == (3, 3, *geometry.hw)
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)

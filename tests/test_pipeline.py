@@ -59,3 +59,26 @@ def test_runs_without_a_logger(tmp_path: Path) -> None:
     results = run(_cfg(tmp_path, 1, "logger=none", "+trainer.max_steps=2"))
     assert results["distill"]["global_step"] == 2
     assert not (tmp_path / "out" / "csv").exists()
+
+
+def test_every_cache_of_a_run_lives_under_paths_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`paths.cache_dir` (A) is the one cache root of a run, even when `$AIKD_CACHE` (B) says otherwise: the teacher,
+    its training-set scores (calibration), the distillation's teacher scores, the generated faces and anything a
+    stage asks `aikd.io.cache_dir` for (landmarks, converted weights) land under A, nothing under B."""
+    from aikd import io
+    from aikd.pipeline import STAGES
+
+    env_root = tmp_path / "B"
+    monkeypatch.setenv("AIKD_CACHE", str(env_root))
+    seen: dict[str, Path] = {}
+    # a stand-in for the caches that configured objects reach on their own (landmark detection, weight conversion)
+    monkeypatch.setitem(STAGES, "probe_cache", lambda ctx: seen.setdefault("probe", io.cache_dir("probe")))
+    run(_cfg(tmp_path, 1, "logger=none", "+trainer.max_steps=1", "stages=[prepare,teacher,distill,probe_cache]"))
+
+    run_root = tmp_path / "cache"  # A: paths.cache_dir in _cfg
+    assert seen["probe"] == run_root / "probe"
+    assert list((run_root / "teachers").glob("*.safetensors"))
+    assert any((run_root / "teacher_scores").iterdir())
+    assert any((run_root / "synthetic").iterdir())
+    assert not env_root.exists() or not any(env_root.rglob("*")), sorted(env_root.rglob("*"))
+    assert io.cache_root() == env_root  # the run's root ends with the run

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from aikd.align import Geometry, align_image, template_points
+from aikd.align import Geometry, align_image, crop_photo, template_points
 from aikd.calibration import Calibration
 from aikd.cli import main
 from aikd.data.dataset import read_image
@@ -25,7 +25,15 @@ from aikd.data.index import read_landmarks_csv
 from aikd.data.synthetic import SyntheticFaces
 from aikd.export import export_student, load_student
 from aikd.landmarks import Detections
-from aikd.score import COLUMNS, FACE_RULE, ScoreError, find_images, load_quality_model, score_images
+from aikd.score import (
+    COLUMNS,
+    DEFAULT_CANVAS,
+    FACE_RULE,
+    ScoreError,
+    find_images,
+    load_quality_model,
+    score_images,
+)
 from aikd.student import Student
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,15 +120,23 @@ def _read(path: Path) -> list[dict[str, str]]:
 
 
 def _reference(student: Student, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
+    """The student's scores of ``crops``: uint8 ``H x W x 3`` images, or canonical ``(3, H, W)`` float faces."""
+    faces = [c.transpose(2, 0, 1).astype(np.float32) / 255 if c.dtype == np.uint8 else c for c in crops]
+    x = torch.from_numpy(np.stack(faces))
     with torch.no_grad():
         raw = student(x).quality
     return raw.numpy(), student.calibration(raw).numpy()
 
 
+def _scored_crop(student: Student, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The crop ``aikd score`` cuts: through the canvas, as training does (the test student records no canvas, so
+    the default one)."""
+    return crop_photo(image, landmarks, student.input_spec.geometry, DEFAULT_CANVAS)
+
+
 def _landmark_crops(student: Student, root: Path, rels: list[str]) -> list[np.ndarray]:
     table = read_landmarks_csv(root / "landmarks.csv")[0]
-    return [align_image(read_image(str(root / r)), table[r], student.input_spec.geometry)[0] for r in rels]
+    return [_scored_crop(student, read_image(str(root / r)), table[r]) for r in rels]
 
 
 def _check_scores(rows: list[dict[str, str]], rels: list[str], raw: np.ndarray, q: np.ndarray) -> None:
@@ -201,7 +217,7 @@ def test_detect_mode(student: Student, export_dir: Path, faces: Path, tmp_path: 
     for rel in ok:
         det = found[rel]
         k = select_face(det, read_image(str(faces / rel)).shape)
-        crops.append(align_image(read_image(str(faces / rel)), det.landmarks[k], student.input_spec.geometry)[0])
+        crops.append(_scored_crop(student, read_image(str(faces / rel)), det.landmarks[k]))
         assert next(r for r in rows if r["path"] == rel)["detail"].startswith(f"det_score={det.scores[k]:.4f}")
     raw, q = _reference(student, crops)
     _check_scores(rows, ok, raw, q)
@@ -388,9 +404,8 @@ def test_detect_mode_names_the_scored_face(student: Student, export_dir: Path, t
         "image too small (12x10 px): face detection needs at least 20 px (MTCNN min_face_size, --min-face-size)"
     )
     assert sorted(det.seen) == [(150, 150), (200, 200)]  # the thumbnail never reaches the detector
-    geometry = student.input_spec.geometry
-    crops = [align_image(read_image(str(group)), three.landmarks[1], geometry)[0],
-             align_image(read_image(str(single)), one.landmarks[0], geometry)[0]]  # fmt: skip
+    crops = [_scored_crop(student, read_image(str(group)), three.landmarks[1]),
+             _scored_crop(student, read_image(str(single)), one.landmarks[0])]  # fmt: skip
     raw, q = _reference(student, crops)
     _check_scores(rows, ["group.png", "single.png"], raw, q)
 

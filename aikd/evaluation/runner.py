@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from aikd.align import Canvas
-from aikd.data.dataset import AlignedFaces, collate_faces
+from aikd.align import Canvas, crop
+from aikd.data.dataset import face_loader
 from aikd.data.index import FaceIndex
 from aikd.data.pairs import PairList
 from aikd.evaluation.edc import EDCWarning, evaluate_quality, fr_summary
@@ -166,7 +166,6 @@ def score_index(
     Images are read and aligned once; each batch is cut into every (method geometry x condition) crop on the
     device. Methods whose ``alignment_invariant`` is True are scored once and copied to every condition.
     """
-    from torch.utils.data import DataLoader, Subset
     from tqdm.auto import tqdm
 
     canvas = canvas or Canvas()
@@ -180,13 +179,11 @@ def score_index(
             keys[id(module)] = module_fingerprint(module, {"type": type(module).__name__})
         return keys[id(module)]
 
-    ds = AlignedFaces(index, canvas)
-    wanted = set(np.asarray(rows, dtype=np.int64).tolist())
-    sel = [i for i, r in enumerate(ds.rows.tolist()) if r in wanted]
-    dropped = len(wanted - set(ds.rows.tolist()))
+    wanted = np.unique(np.asarray(rows, dtype=np.int64))  # each image once, in index order
+    loader = face_loader(index, canvas, wanted, batch_size=batch_size, num_workers=num_workers)
+    dropped = loader.dataset.n_dropped
     if dropped:
         log.warning("%d requested image(s) have no landmarks and are left out of the evaluation", dropped)
-    loader = DataLoader(Subset(ds, sel), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_faces)
     for m in methods.values():
         m.to(dev)
     if comparator is not None:
@@ -210,7 +207,7 @@ def score_index(
         feature_cache: dict[tuple[str, Any, str], Tensor] = {}
         if comparator is not None:
             geometry = comparator.input_spec.geometry
-            crops, _ = misalign(img, lm, geometry, ident, mat)
+            crops = crop(img, lm, geometry, mat)
             clean_emb = comparator(crops).float()
             embs.append(clean_emb.cpu())
             if isinstance(comparator, nn.Module):

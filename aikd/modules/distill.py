@@ -25,9 +25,11 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from aikd.align import crop
+from aikd.cache import teacher_scores
 from aikd.config import to_plain
 from aikd.losses import distillation_loss
-from aikd.misalign import Misalignment, MisalignParams, NoMisalign, misalign
+from aikd.misalign import Misalignment, NoMisalign, misalign
 from aikd.student import Student
 
 log = logging.getLogger(__name__)
@@ -151,11 +153,9 @@ class DistillModule(pl.LightningModule):
             raise RuntimeError("no teacher attached: call attach_teacher() before fitting")
         if next(iter(teacher.parameters()), torch.empty(0)).device != img.device:
             teacher.to(img.device)
-        geometry = teacher.input_spec.geometry
-        ident = MisalignParams.identity(len(img), device=img.device)
-        crops, _ = misalign(img, batch["landmarks"], geometry, ident, batch["canvas_from_source"])
-        out = teacher(crops)
-        return out.quality, out.embedding
+        # The very computation the teacher-score cache stores, so online and cached targets cannot differ.
+        values = teacher_scores(teacher, {**batch, "image": img})
+        return values["quality"], values.get("embedding")
 
     # -- data -------------------------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
@@ -171,8 +171,7 @@ class DistillModule(pl.LightningModule):
             params = self.val_misalign.sample_for_indices(lm, batch["index"], seed=self.val_seed)
         batch["student_view"], _ = misalign(img, lm, geometry, params, mat)
         if self.clean_weight > 0 or not training:
-            ident = MisalignParams.identity(len(img), device=img.device)
-            batch["student_clean"], _ = misalign(img, lm, geometry, ident, mat)
+            batch["student_clean"] = crop(img, lm, geometry, mat)
         q, e = self._teacher_targets(batch, img)
         batch["teacher_quality"] = q.to(img.device)
         if e is not None:
@@ -181,6 +180,12 @@ class DistillModule(pl.LightningModule):
         return batch
 
     def setup(self, stage: str) -> None:
+        # The canvas the faces were aligned onto is part of how the student's crops are made (photo -> canvas ->
+        # crop); it travels with the checkpoint and the export so that `aikd score` cuts crops the same way.
+        canvas = getattr(getattr(self.trainer, "datamodule", None), "canvas", None)
+        if canvas is not None:
+            self.student.canvas = canvas
+            self.hparams["canvas"] = canvas.to_dict()
         if self.trainer is not None and self.trainer.world_size > 1:
             self._generator.manual_seed(self.seed + 1000003 * self.trainer.global_rank)
 

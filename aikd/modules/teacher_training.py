@@ -27,8 +27,9 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from aikd.align import crop
 from aikd.losses import create_margin_head, crfiqa_loss, recognizability_index, ri_loss, ui_centre
-from aikd.misalign import Misalignment, MisalignParams, misalign
+from aikd.misalign import Misalignment, misalign
 from aikd.teacher import EmbeddingTeacher
 
 log = logging.getLogger(__name__)
@@ -124,10 +125,9 @@ class TeacherTrainingModule(pl.LightningModule):
         lm, mat = batch["landmarks"], batch["canvas_from_source"]
         geometry = self.teacher.input_spec.geometry
         if self.misalign is not None and self.training:
-            params = self.misalign.sample(lm)
+            batch["faces"], _ = misalign(img, lm, geometry, self.misalign.sample(lm), mat)
         else:
-            params = MisalignParams.identity(len(lm), device=lm.device)
-        batch["faces"], _ = misalign(img, lm, geometry, params, mat)
+            batch["faces"] = crop(img, lm, geometry, mat)
         return batch
 
     def _features(self, batch: dict[str, Tensor]) -> Tensor:

@@ -1,0 +1,212 @@
+"""Teacher-score caches of frozen-backbone teachers come from cached backbone features (head only), with the
+online teacher's values; the shared face loader keeps rows straight; evaluation and online distillation agree."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_folder_dataset
+
+from aikd.align import Canvas, Geometry, crop
+from aikd.cache import (
+    feature_cache,
+    head_only_scoring,
+    open_feature_cache,
+    open_teacher_score_cache,
+    teacher_score_cache,
+)
+from aikd.data import FolderSource, read_folder
+from aikd.data.dataset import face_loader
+from aikd.data.index import FaceIndex
+from aikd.teacher import EmbeddingTeacher, create_teacher
+
+CANVAS = Canvas(size=96, face=Geometry(size=64))
+
+
+def _teacher(seed: int, trainable_backbone: str = "none") -> EmbeddingTeacher:
+    """A frozen CR-FIQA-style teacher on timm's tiny test network (as conf/teacher/demo.yaml, randomly initialised)."""
+    torch.manual_seed(seed)
+    teacher = create_teacher(
+        "crfiqa",
+        backbone="timm/test_byobnet",
+        backbone_weights=None,
+        backbone_kwargs={"input_size": 64, "embedding_dim": 32},
+        projection_dim=16,
+        trainable_backbone=trainable_backbone,
+    )
+    assert isinstance(teacher, EmbeddingTeacher)
+    return teacher
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> FaceIndex:
+    root = write_folder_dataset(tmp_path / "faces", identities=3, per_identity=4, size=96)
+    return FolderSource(str(root)).load()
+
+
+@contextmanager
+def count_backbone(teacher: EmbeddingTeacher) -> Iterator[dict[str, int]]:
+    """Count the teacher backbone's forward calls and the faces it sees while inside."""
+    seen = {"calls": 0, "faces": 0}
+
+    def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        seen["calls"] += 1
+        seen["faces"] += len(args[0])
+
+    handle = teacher.backbone.register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def online_scores(teacher: EmbeddingTeacher, index: FaceIndex) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """Rows, quality and embedding of the full teacher (backbone included) on the clean crop of every face."""
+    rows, quality, embedding = [], [], []
+    for batch in face_loader(index, CANVAS, batch_size=5):
+        img = batch["image"].float() / 255.0
+        out = teacher(crop(img, batch["landmarks"], teacher.input_spec.geometry, batch["canvas_from_source"]))
+        rows.append(batch["index"])
+        quality.append(out.quality)
+        embedding.append(out.embedding)
+    return torch.cat(rows).numpy(), torch.cat(quality), torch.cat(embedding)
+
+
+def assert_cache_equals_online(cache, teacher: EmbeddingTeacher, index: FaceIndex) -> None:
+    rows, q_online, e_online = online_scores(teacher, index)
+    q, e = cache.lookup(torch.as_tensor(rows))
+    torch.testing.assert_close(q, q_online, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(e, e_online, atol=2e-2, rtol=2e-3)  # float16 storage
+
+
+def test_frozen_backbone_scores_come_from_cached_features(index: FaceIndex, tmp_path: Path) -> None:
+    """The issue's must-show: with the features cached, filling the score cache runs the backbone over none of
+    those faces, and stores what the online teacher says."""
+    teacher = _teacher(0)
+    assert head_only_scoring(teacher)
+    root = tmp_path / "cache"
+    # Teacher training caches the features of part of the faces (here: every other row) ...
+    cached = np.arange(0, len(index), 2)
+    features = feature_cache(teacher, index, CANVAS, root / "features", batch_size=5, rows=cached, progress=False)
+    assert features.done.sum() == len(cached)
+    # ... so filling the score cache runs the backbone over the other faces only, each once.
+    with count_backbone(teacher) as seen:
+        cache = teacher_score_cache(teacher, index, CANVAS, root / "teacher_scores", batch_size=5, progress=False)
+    assert cache.complete
+    assert seen["faces"] == len(index) - len(cached)
+    assert_cache_equals_online(cache, teacher, index)
+    # The same teacher on a fresh score cache root (same feature root), every feature cached now: zero backbone runs.
+    with count_backbone(teacher) as seen:
+        again = teacher_score_cache(
+            teacher, index, CANVAS, tmp_path / "other", features_root=root / "features", progress=False
+        )
+        assert again.complete
+    assert seen == {"calls": 0, "faces": 0}
+    assert_cache_equals_online(again, teacher, index)
+
+
+def test_second_head_on_the_same_backbone_reuses_the_feature_cache(index: FaceIndex, tmp_path: Path) -> None:
+    first, second = _teacher(0), _teacher(1)
+    second.backbone.load_state_dict(first.backbone.state_dict())  # same frozen backbone, another head
+    second.invalidate_fingerprint()
+    assert first.fingerprint != second.fingerprint
+    assert first.backbone_fingerprint() == second.backbone_fingerprint()
+    root = tmp_path / "cache" / "teacher_scores"
+    teacher_score_cache(first, index, CANVAS, root, batch_size=5, progress=False)
+    with count_backbone(second) as seen:
+        cache = teacher_score_cache(second, index, CANVAS, root, batch_size=5, progress=False)
+    assert seen["calls"] == 0 and cache.complete
+    assert len(list(root.iterdir())) == 2 and len(list((root.parent / "features").iterdir())) == 1
+    assert_cache_equals_online(cache, second, index)
+
+
+def test_trainable_backbone_teacher_is_scored_from_images(index: FaceIndex, tmp_path: Path) -> None:
+    teacher = _teacher(0, trainable_backbone="all")
+    assert not head_only_scoring(teacher)
+    root = tmp_path / "cache" / "teacher_scores"
+    with count_backbone(teacher) as seen:
+        cache = teacher_score_cache(teacher, index, CANVAS, root, batch_size=5, progress=False)
+    assert cache.complete and seen["faces"] == len(index)
+    assert not (root.parent / "features").exists()  # its backbone is its own: no feature cache is written
+    assert_cache_equals_online(cache, teacher, index)
+
+
+def test_opting_out_scores_from_images(index: FaceIndex, tmp_path: Path) -> None:
+    teacher = _teacher(0)
+    root = tmp_path / "cache" / "teacher_scores"
+    with count_backbone(teacher) as seen:
+        cache = teacher_score_cache(teacher, index, CANVAS, root, batch_size=5, progress=False, reuse_features=False)
+    assert cache.complete and seen["faces"] == len(index)
+    assert open_feature_cache(teacher, index, CANVAS, root.parent / "features", create=False) is None
+    assert_cache_equals_online(cache, teacher, index)
+
+
+def test_distributed_fill_scores_cached_features_without_launching(index: FaceIndex, tmp_path: Path) -> None:
+    """Under DDP the rows with cached features are scored by the head in the calling process: with every feature
+    cached no worker process is started and the backbone does not run."""
+    from aikd.distributed import distributed_teacher_score_caches
+
+    teacher = _teacher(0)
+    root = tmp_path / "cache"
+    feature_cache(teacher, index, CANVAS, root / "features", batch_size=5, progress=False)
+    ddp = {"accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn"}
+    with count_backbone(teacher) as seen:
+        caches = distributed_teacher_score_caches(teacher, {"train": index}, CANVAS, root / "teacher_scores", ddp)
+    assert seen["calls"] == 0 and caches["train"].complete
+    same = open_teacher_score_cache(teacher, index, CANVAS, root / "teacher_scores")
+    assert same.directory == caches["train"].directory
+    assert_cache_equals_online(caches["train"], teacher, index)
+
+
+def test_evaluation_and_online_distillation_agree_with_the_cache(index: FaceIndex, tmp_path: Path) -> None:
+    """The evaluation's shared-backbone path (score_index) and distillation's online targets give the teacher's
+    cached (head-only) scores."""
+    from aikd.evaluation.runner import ModelQuality, score_index
+    from aikd.misalign import NoMisalign
+    from aikd.modules import DistillModule
+    from aikd.student import Student
+
+    teacher = _teacher(0)
+    cache = teacher_score_cache(teacher, index, CANVAS, tmp_path / "cache" / "teacher_scores", progress=False)
+    with count_backbone(teacher) as seen:
+        table = score_index(
+            index,
+            np.arange(len(index)),
+            {"t": ModelQuality(teacher)},
+            {"aligned": NoMisalign()},
+            canvas=CANVAS,
+            batch_size=5,
+            progress=False,
+        )
+    assert seen["faces"] == len(index)  # once per face, shared by the method's backbone and its head
+    q_cache, _ = cache.lookup(torch.as_tensor(table.rows))
+    np.testing.assert_allclose(table.quality["aligned"]["t"], q_cache.numpy(), atol=1e-5, rtol=1e-5)
+
+    student = Student("timm/test_byobnet", backbone_kwargs={"input_size": 64, "embedding_dim": 16}, hidden=8)
+    module = DistillModule(student, embedding_weight=0.0).attach_teacher(teacher)
+    module._split = lambda: "val"  # no trainer attached: online targets (no cache for the split)
+    batch = next(iter(face_loader(index, CANVAS, batch_size=6)))
+    q_online, _ = module._teacher_targets(batch, batch["image"].float() / 255.0)
+    q_cache, _ = cache.lookup(batch["index"])
+    torch.testing.assert_close(q_online, q_cache, atol=1e-5, rtol=1e-5)
+
+
+def test_face_loader_yields_the_requested_rows_in_order(tmp_path: Path) -> None:
+    root = write_folder_dataset(tmp_path / "faces", identities=2, per_identity=3, size=96)
+    lm = root / "landmarks.csv"
+    lines = lm.read_text().splitlines()
+    lm.write_text("\n".join(lines[:1] + lines[2:]) + "\n")  # row 0 loses its landmarks
+    index = read_folder(root)
+    assert not index.has_landmarks[0]
+    loader = face_loader(index, CANVAS, np.array([4, 0, 2, 5]), batch_size=2)
+    assert loader.dataset.rows.tolist() == [4, 2, 5] and loader.dataset.n_dropped == 1
+    batches = list(loader)
+    assert torch.cat([b["index"] for b in batches]).tolist() == [4, 2, 5]
+    assert batches[0]["image"].shape == (2, 3, 96, 96) and batches[0]["image"].dtype == torch.uint8
+    assert {"landmarks", "canvas_from_source", "identity", "n_skipped"} <= set(batches[0])
+    assert face_loader(index, CANVAS).dataset.rows.tolist() == list(range(1, len(index)))
