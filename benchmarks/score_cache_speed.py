@@ -2,8 +2,8 @@
 are already cached (as teacher training leaves them): scored from images (the backbone runs again over every face,
 what aikd did before) vs by the head on the cached features.
 
-    AIKD_DATA=/work/shared/data python benchmarks/score_cache_speed.py --identities 1 60
-    AIKD_DATA=/work/shared/data python benchmarks/score_cache_speed.py              # the training split, 1-450
+    AIKD_DATA=/path/to/data python benchmarks/score_cache_speed.py --identities 1 60
+    AIKD_DATA=/path/to/data python benchmarks/score_cache_speed.py              # the training split, 1-450
 
 Everything is written under a fresh temporary cache (``--work`` keeps it); the FaceNet weights come from aikd's
 cache (converted once, about 30 s). Prints one JSON object: the one-off feature pass, both fills, the backbone's
