@@ -140,3 +140,50 @@ def set_trainable(backbone: nn.Module, mode: str) -> None:
     first = 0 if keep is None else max(0, len(params) - keep)
     for i, p in enumerate(params):
         p.requires_grad_(i >= first)
+
+
+def load_weights_strict(model: nn.Module, path: str | Path, what: str, hint: str = "") -> nn.Module:
+    """Load a ``.safetensors`` file or a torch state dict (``weights_only=True``) into ``model``, strictly.
+
+    Converted weights (FaceNet, SFace) are only ever loaded into the architecture they were converted for, so any
+    missing or unexpected key or shape means a wrong file: the error names them instead of loading half a network.
+
+    Args:
+        model: the network to fill.
+        path: the weights file.
+        what: the architecture's name for messages (e.g. ``"SFace"``).
+        hint: what to do when the file is missing or does not fit (e.g. how to reconvert it).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} weights {path} do not exist; {hint}".rstrip("; "))
+    try:
+        if path.suffix == ".safetensors":
+            import safetensors.torch
+
+            state = safetensors.torch.load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"cannot read {what} weights {path}: {err}") from err
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{path} does not fit {what}: {len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected "
+            f"keys {unexpected[:5]}, shape mismatches {wrong[:5]}. Was it written for another backbone? {hint}"
+        )
+    model.load_state_dict(state, strict=True)
+    return model

@@ -582,41 +582,14 @@ def convert_facenet_graph(pb_path: Path | None = None, out_path: Path | None = N
 
 def load_facenet_weights(model: InceptionResnetV1, path: str | Path) -> InceptionResnetV1:
     """Load a ``.safetensors`` file or a torch state dict (``weights_only=True``) into ``model``, strictly."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"FaceNet weights {path} do not exist; create them with `aikd convert-facenet --out {path}` "
-            "or pass weights='default'"
-        )
-    try:
-        if path.suffix == ".safetensors":
-            import safetensors.torch
+    from aikd.backbones.base import load_weights_strict
 
-            state = safetensors.torch.load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read FaceNet weights {path}: {err}") from err
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [
-        f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"{path} does not fit InceptionResnetV1 (FaceNet): {len(missing)} missing keys {missing[:5]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:5]}, shape mismatches {wrong[:5]}. "
-            "Was it written for another backbone? Reconvert with `aikd convert-facenet`."
-        )
-    model.load_state_dict(state, strict=True)
-    return model
+    return load_weights_strict(
+        model,
+        path,
+        "InceptionResnetV1 (FaceNet)",
+        f"create them with `aikd convert-facenet --out {path}`, or pass weights='default'",
+    )
 
 
 @register_backbone("facenet")

@@ -331,37 +331,9 @@ def convert_sface(onnx_path: str | Path | None = None, out_path: str | Path | No
 
 def load_sface_weights(model: SFace, path: str | Path) -> SFace:
     """Load a ``.safetensors`` file or a torch state dict (``weights_only=True``) into ``model``, strictly."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"SFace weights {path} do not exist; pass weights='default' to convert the ONNX file")
-    try:
-        if path.suffix == ".safetensors":
-            import safetensors.torch
+    from aikd.backbones.base import load_weights_strict
 
-            state = safetensors.torch.load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read SFace weights {path}: {err}") from err
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [
-        f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"{path} does not fit SFace: {len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
-            f"{unexpected[:5]}, shape mismatches {wrong[:5]}. Was it written for another backbone?"
-        )
-    model.load_state_dict(state, strict=True)
-    return model
+    return load_weights_strict(model, path, "SFace", "pass weights='default' to convert the ONNX file")
 
 
 @register_backbone("sface")
