@@ -13,7 +13,15 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-__all__ = ["conf_dir", "project_root", "list_options", "load_option", "register_resolvers", "to_plain"]
+__all__ = [
+    "conf_dir",
+    "project_root",
+    "list_options",
+    "load_option",
+    "stage_settings",
+    "register_resolvers",
+    "to_plain",
+]
 
 
 def to_plain(x: Any) -> Any:
@@ -71,7 +79,8 @@ def project_root() -> Path | None:
 
 
 def list_options(group: str) -> list[str]:
-    """Option names of a config group (file stems in ``conf/<group>/``)."""
+    """Option names of a config group (file stems in ``conf/<group>/``; files in its sub-folders, such as the
+    shared bases in ``conf/data/base/``, are not options)."""
     d = conf_dir() / group
     if not d.is_dir():
         raise FileNotFoundError(f"no config group '{group}' in {conf_dir()}")
@@ -79,19 +88,88 @@ def list_options(group: str) -> list[str]:
 
 
 def load_option(group: str, name: str) -> DictConfig:
-    """Load ``conf/<group>/<name>.yaml`` (with its own ``defaults`` list resolved within the group)."""
+    """Load ``conf/<group>/<name>.yaml`` with its own ``defaults`` list resolved as Hydra does within a group.
+
+    Understood entries (what the project's options use): ``_self_`` (where the option's own content merges; last
+    when absent), another option of the group (``- cfp``), a file in a sub-folder of the group, which is how
+    options share a base without the base becoming an option (``- base/datamodule@_here_``), and a sub-group
+    choice (``- optimizer: adamw``). A package after ``@`` places the loaded content: ``_here_`` at the option's
+    root, anything else under that dotted key; without one a sub-folder's file lands under the sub-folder's name.
+
+    Args:
+        group: the config group, a folder under ``conf/`` (``data``, or ``data/base`` for a sub-folder).
+        name: the option's file stem.
+
+    Returns:
+        The option's content, ``defaults`` merged in.
+
+    Raises:
+        FileNotFoundError: no such option (the message lists the group's options).
+        ValueError: a ``defaults`` entry of a form this loader does not handle (e.g. a ``_global_`` package).
+    """
     path = conf_dir() / group / f"{name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"no option '{name}' in config group '{group}' ({path}); known: {list_options(group)}")
-    cfg = OmegaConf.load(path)
-    defaults = cfg.pop("defaults", None) if isinstance(cfg, DictConfig) else None
-    if defaults:
-        base = OmegaConf.create()
-        for d in defaults:
-            if isinstance(d, str) and d != "_self_":
-                base = OmegaConf.merge(base, load_option(group, d))
-        cfg = OmegaConf.merge(base, cfg)
-    return cfg
+    own = OmegaConf.load(path)
+    defaults = own.pop("defaults", None) if isinstance(own, DictConfig) else None
+    if not defaults:
+        return own
+    entries = list(defaults)
+    if "_self_" not in entries:
+        entries.append("_self_")
+    out = OmegaConf.create()
+    for entry in entries:
+        if entry == "_self_":
+            out = OmegaConf.merge(out, own)
+            continue
+        loaded = _load_default(group, entry, path)
+        if loaded is not None:
+            out = OmegaConf.merge(out, loaded)
+    return out
+
+
+def _load_default(group: str, entry: Any, source: Path) -> DictConfig | None:
+    """One ``defaults`` entry of an option in ``group``, placed at its package (``None``: nothing chosen)."""
+    if isinstance(entry, str):
+        target, _, package = entry.partition("@")
+        sub, _, option = target.strip().rpartition("/")
+        sub_group = _join_group(group, sub)
+        default_package = sub.strip("/").replace("/", ".") if sub and not sub.startswith("/") else ""
+    elif isinstance(entry, DictConfig) and len(entry) == 1:
+        ((key, option),) = entry.items()
+        if option is None:
+            return None
+        key = str(key).removeprefix("optional ").strip()
+        if key.startswith("override "):
+            raise ValueError(f"{source}: '{key}' entries belong in experiment files (global package), not in options")
+        sub, _, package = key.partition("@")
+        sub_group = _join_group(group, sub)
+        default_package = "" if sub.startswith("/") else sub.replace("/", ".")
+        option = str(option)
+    else:
+        raise ValueError(f"{source}: defaults entry {entry!r} is not understood (expected a name or 'group: option')")
+    package = package.strip() or default_package
+    if package.startswith("_global_"):
+        raise ValueError(f"{source}: defaults entry {entry!r}: a _global_ package cannot be loaded as a group option")
+    content = load_option(sub_group, option)
+    if package in ("", "_here_"):
+        return content
+    placed = OmegaConf.create()
+    OmegaConf.update(placed, package, content, force_add=True)
+    return placed
+
+
+def _join_group(group: str, sub: str) -> str:
+    """The group holding ``sub`` (a folder relative to ``group``, or absolute below ``conf/`` with a leading ``/``)."""
+    if sub.startswith("/"):
+        return sub.strip("/")
+    return f"{group}/{sub}" if sub else group
+
+
+def stage_settings(cfg: DictConfig, name: str) -> DictConfig:
+    """The settings of one pipeline stage, ``cfg.stage.<name>`` (empty where the config has none)."""
+    node = (cfg.get("stage") or {}).get(name)
+    return node if isinstance(node, DictConfig) else OmegaConf.create()
 
 
 def _wandb_offline() -> bool:

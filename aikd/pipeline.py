@@ -11,6 +11,9 @@ Stages (``cfg.stages``), in order:
 * ``distill`` - train the student on misaligned views toward the teacher's scores of aligned views;
 * ``evaluate`` - EDC/pAUC of the teacher, the student and reference qualities under every condition;
 * ``export`` - ONNX / torch.export / safetensors of the student with metadata (ONNX parity-checked).
+
+A stage's settings are ``cfg.stage.<name>`` (``stage.preview``, ``stage.distill``, ``stage.export``); the teacher
+stage is configured by ``cfg.teacher`` and the evaluate stage by ``cfg.evaluation``.
 """
 
 from __future__ import annotations
@@ -98,13 +101,13 @@ def _prepare(ctx: RunContext) -> None:
 def _preview(ctx: RunContext) -> None:
     from hydra.utils import instantiate
 
-    from aikd.config import list_options, load_option
+    from aikd.config import list_options, load_option, stage_settings
     from aikd.data.dataset import read_image
     from aikd.viz import alignment_preview, save_figure
 
     dm = build_datamodule(ctx)
     index = dm.index("val" if dm.sources.get("val") is not None else "train")
-    pcfg = ctx.cfg.get("preview", {})
+    pcfg = stage_settings(ctx.cfg, "preview")
     n = int(pcfg.get("n_faces", 6))
     names = list(pcfg.get("presets") or list_options("misalign"))
     presets = {name: instantiate(load_option("misalign", name)) for name in names if name != "none"}
@@ -232,28 +235,43 @@ def build_trainer(ctx: RunContext, **overrides: Any) -> Any:
 
 
 def build_student_from_config(cfg: DictConfig, teacher: Any) -> Any:
-    """Instantiate ``cfg.backbone`` (a Student); ``backbone: teacher`` / ``backbone_weights: teacher`` take the
-    teacher's backbone architecture and initialise it from the teacher's weights (AI-KD's recipe)."""
+    """Instantiate ``cfg.student`` (a :class:`~aikd.student.Student`) for distillation from ``teacher``.
+
+    ``student.from_teacher: true`` (``student=from_teacher``, AI-KD's recipe) gives the student the teacher's
+    backbone, architecture and weights (``student.backbone`` stays null), and starts its projection and quality
+    head from the teacher's where the shapes match; ``false`` builds ``student.backbone`` with
+    ``student.backbone_weights``. ``student.embedding_dim: null`` takes the teacher's embedding size.
+
+    Args:
+        cfg: the run config.
+        teacher: the frozen teacher.
+
+    Returns:
+        The student, ready to train.
+
+    Raises:
+        ValueError: ``from_teacher`` with a teacher that has no named backbone, or whose backbone does not load.
+    """
     from hydra.utils import instantiate
 
+    spec = OmegaConf.to_container(cfg.student, resolve=True)
+    from_teacher = bool(spec.pop("from_teacher", False))  # aikd's switch, not a Student argument
     kwargs: dict[str, Any] = {}
-    if cfg.backbone.get("embedding_dim") is None and teacher.embedding_dim is not None:
+    if spec.get("embedding_dim") is None and teacher.embedding_dim is not None:
         kwargs["embedding_dim"] = teacher.embedding_dim
-    from_teacher = cfg.backbone.get("backbone_weights") == "teacher"
-    if cfg.backbone.get("backbone") == "teacher":
+    if from_teacher:
         if "backbone" not in teacher.config:
-            raise ValueError(f"backbone=teacher, but teacher '{teacher.name}' has no named backbone to copy")
+            raise ValueError(f"student.from_teacher=true, but teacher '{teacher.name}' has no named backbone to copy")
         kwargs["backbone"] = teacher.config["backbone"]
         kwargs["backbone_kwargs"] = dict(teacher.config.get("backbone_kwargs") or {})
-    if from_teacher:
         kwargs["backbone_weights"] = None
-    student = instantiate(cfg.backbone, **kwargs)
+    student = instantiate(spec, **kwargs)
     if from_teacher:
         try:
             student.backbone.load_state_dict(teacher.backbone.state_dict())
         except (RuntimeError, AttributeError) as err:
             raise ValueError(
-                f"backbone_weights=teacher: the student backbone does not match the teacher's ({err})"
+                f"student.from_teacher=true: the student backbone does not match the teacher's ({err})"
             ) from err
         for p in student.backbone.parameters():
             p.requires_grad_(True)
@@ -286,19 +304,20 @@ def _distill(ctx: RunContext) -> None:
     from hydra.utils import instantiate
 
     from aikd.cache import teacher_score_cache
+    from aikd.config import stage_settings
 
     cfg = ctx.cfg
     dm = build_datamodule(ctx)
     teacher = build_teacher(ctx)
     student = build_student_from_config(cfg, teacher)
     module = instantiate(cfg.model, student=student, misalign=instantiate(cfg.misalign), student_config=student.config)
-    mode = str(cfg.get("teacher_mode", "cache"))
+    mode = str(stage_settings(cfg, "distill").get("teacher_mode", "cache"))
     caches: dict[str, Any] = {}
     if mode == "cache":
         if dm.augment is not None:
             raise ValueError(
-                "data.augment changes pixels, so cached teacher scores would be wrong: set teacher_mode=online "
-                "(or data.augment=null)"
+                "data.augment changes pixels, so cached teacher scores would be wrong: set "
+                "stage.distill.teacher_mode=online (or data.augment=null)"
             )
         root = _cache_root(cfg) / "teacher_scores"
         dev = _device(cfg)
@@ -319,7 +338,7 @@ def _distill(ctx: RunContext) -> None:
                         teacher, dm.index(split), dm.canvas, root, batch_size=int(cfg.data.batch_size), device=dev
                     )
     elif mode != "online":
-        raise ValueError(f"teacher_mode must be 'cache' or 'online', got {mode!r}")
+        raise ValueError(f"stage.distill.teacher_mode must be 'cache' or 'online', got {mode!r}")
     module.attach_teacher(teacher, caches)
     trainer = build_trainer(ctx)
     ckpt = _resume_path(cfg, ctx.output_dir)
@@ -351,11 +370,12 @@ def _global_step(trainer: Any) -> int:
 
 @stage("export")
 def _export(ctx: RunContext) -> None:
+    from aikd.config import stage_settings
     from aikd.export import export_student
 
     if "student" not in ctx.components:
         raise ValueError("the export stage needs a student: run the distill stage first (or use `aikd export`)")
-    ecfg = ctx.cfg.get("export") or {}
+    ecfg = stage_settings(ctx.cfg, "export")
     out = export_student(
         ctx.components["student"],
         ctx.output_dir / "export",

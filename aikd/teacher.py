@@ -12,8 +12,11 @@ embedding-consistency term of the distillation loss. Teachers are:
 * **calibrated** - ``teacher.calibration`` maps raw scores to 0..100.
 
 Plug-ins live in the top-level ``teachers/`` package (one file each) and register with
-:func:`register_teacher`; third-party packages can register through the ``aikd.teachers`` entry-point group.
-``aikd`` never imports ``teachers`` at import time: the registry loads plug-ins on first lookup.
+:func:`register_teacher`, which is also where a teacher's name is written (it sets the class's ``name``); third-party
+packages can register through the ``aikd.teachers`` entry-point group. ``aikd`` never imports ``teachers`` at
+import time: the registry loads plug-ins on first lookup. A teacher trained here declares its training objective in
+the same file (:attr:`Teacher.objective`, a :class:`aikd.losses.TeacherObjective`), so a trainable teacher is one
+file plus its ``conf/teacher`` option.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import importlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +35,9 @@ from aikd.calibration import Calibration
 from aikd.io import atomic_path
 from aikd.preprocess import InputSpec
 from aikd.registry import Registry
+
+if TYPE_CHECKING:
+    from aikd.losses import TeacherObjective
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +67,15 @@ class Teacher(nn.Module):
 
     Subclasses set :attr:`input_spec` and :attr:`embedding_dim` (``None`` when they have no embedding), call
     :meth:`record_config` with their JSON-able constructor arguments (what :func:`load_teacher` needs to rebuild
-    them), and implement :meth:`predict` on canonical faces.
+    them), and implement :meth:`predict` on canonical faces. Their :attr:`name` comes from
+    :func:`register_teacher`; it is the registry key, saved with the teacher and part of its fingerprint.
     """
 
     name: str = "teacher"
+    #: The objective that trains this teacher (:func:`aikd.teacher_fit.train_teacher`): a generic one from
+    #: :mod:`aikd.losses` or the teacher file's own :class:`~aikd.losses.TeacherObjective` subclass; ``None``: the
+    #: teacher is not trained here (official weights, ONNX files, ensembles).
+    objective: ClassVar[type[TeacherObjective] | None] = None
     input_spec: InputSpec = InputSpec()
     embedding_dim: int | None = None
     #: Small, download-free constructor arguments: the registry-wide tests build every teacher with these.
@@ -313,12 +324,26 @@ def _load_plugins() -> None:
 TEACHERS: Registry[Teacher] = Registry("teacher", on_miss=_load_plugins)
 
 
-def register_teacher(name: str | None = None, **kwargs: Any):
-    """Decorator registering a teacher class or factory under ``name`` (default: its ``name`` attribute)."""
+def register_teacher(name: str | None = None, **kwargs: Any) -> Any:
+    """Decorator registering a teacher class or factory under ``name``, the one place a teacher's name is written.
+
+    For a class, the key becomes its :attr:`Teacher.name` (saved with the teacher, part of its fingerprint), so the
+    class does not repeat it. Without ``name`` the class's own ``name`` attribute (or its ``__name__``) is the key.
+
+    Raises:
+        ValueError: the name is taken (see :meth:`aikd.registry.Registry.register`), or the class sets a different
+            ``name`` of its own (saved teachers would then not load back under the key).
+    """
 
     def deco(obj: Any) -> Any:
-        key = name or getattr(obj, "name", None) or obj.__name__
-        return TEACHERS.register(key, **kwargs)(obj)
+        own = obj.__dict__.get("name") if isinstance(obj, type) else None
+        key = name or own or obj.__name__
+        if own is not None and own != key:
+            raise ValueError(f"{obj.__name__}.name is '{own}' but it is registered as '{key}'; drop the attribute")
+        TEACHERS.register(key, **kwargs)(obj)
+        if isinstance(obj, type):
+            obj.name = key
+        return obj
 
     return deco
 

@@ -9,6 +9,11 @@ A ``conf/teacher/<name>.yaml`` instantiates a :class:`TeacherSpec` (cheap: no mo
    misalignments share one teacher; else
 3. builds the teacher as configured (e.g. from official checkpoints, or parameter-free teachers).
 
+Training is the same for every trainable teacher: :func:`train_teacher` builds the objective the teacher declares
+(``Teacher.objective``; the ``fit`` keys besides :data:`FIT_KEYS` are its options), lets it prepare what it needs
+from the training data (:meth:`aikd.losses.TeacherObjective.prepare`, e.g. RI's unrecognisable faces) and fits
+:class:`aikd.modules.TeacherTrainingModule`. Nothing here names a teacher or an objective.
+
 Teachers without a calibration get one fitted on their training-set scores (empirical CDF, 0..100).
 """
 
@@ -30,11 +35,15 @@ from aikd.calibration import Calibration
 from aikd.config import to_plain
 from aikd.data.index import FaceIndex
 from aikd.devices import resolve_device
+from aikd.losses import OBJECTIVES, FitContext, TeacherObjective
 from aikd.teacher import TEACHERS, EmbeddingTeacher, Teacher, load_teacher, save_teacher
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TeacherSpec", "obtain_teacher", "train_teacher"]
+__all__ = ["TeacherSpec", "obtain_teacher", "train_teacher", "FIT_KEYS"]
+
+#: ``fit`` keys of the training loop itself; every other key is an option of the teacher's objective.
+FIT_KEYS = ("objective", "head", "epochs", "batch_size", "optimizer", "scheduler", "num_workers")
 
 
 @dataclass
@@ -45,7 +54,8 @@ class TeacherSpec:
         name: registered teacher name.
         build: constructor arguments of the teacher.
         weights: a saved teacher file (skips ``fit``), or ``None``.
-        fit: training recipe (see :func:`train_teacher`), or ``None`` for teachers used as built.
+        fit: training recipe (see :func:`train_teacher`), or ``None`` for teachers used as built. The
+            ``conf/teacher`` options share its common part (``conf/teacher/base/fit.yaml``).
         calibration: ``"ecdf"``, ``"logistic"`` or ``None`` (keep the teacher's own).
     """
 
@@ -60,8 +70,16 @@ class TeacherSpec:
         self.fit = None if self.fit is None else dict(self.fit)
 
     def fit_key(self, data_fingerprint: str, seed: int | None) -> str:
-        """Cache key of a teacher trained with this recipe on this data."""
+        """Cache key of a teacher trained with this recipe on this data.
+
+        The objective's name enters the key whether the recipe names it or the teacher declares it, so a teacher
+        trained by a recipe that still says ``objective: <name>`` is found again by one that leaves it out.
+        """
         recipe = {k: (repr(v) if callable(v) else to_plain(v)) for k, v in (self.fit or {}).items()}
+        if recipe.get("objective") is None:
+            own = getattr(TEACHERS.get(self.name), "objective", None)
+            if own is not None:
+                recipe["objective"] = own.name
         blob = json.dumps(
             {"name": self.name, "build": self.build, "fit": recipe, "data": data_fingerprint, "seed": seed},
             sort_keys=True,
@@ -72,6 +90,30 @@ class TeacherSpec:
     def instantiate(self, **overrides: Any) -> Teacher:
         """Build the (unfrozen) teacher."""
         return TEACHERS.get(self.name)(**{**self.build, **overrides})
+
+    def objective_class(self) -> type[TeacherObjective]:
+        """The objective ``fit`` trains with: the teacher's own (``Teacher.objective``), or the registered one
+        ``fit.objective`` names (any teacher can be trained with a generic objective of :mod:`aikd.losses`).
+
+        Raises:
+            TypeError: the recipe names no objective and the teacher declares none (it is not trainable here).
+            KeyError: ``fit.objective`` is not a registered objective.
+        """
+        own = getattr(TEACHERS.get(self.name), "objective", None)
+        name = (self.fit or {}).get("objective")
+        if name is None or (own is not None and own.name == name):
+            if own is None:
+                raise TypeError(
+                    f"teacher '{self.name}' declares no training objective (Teacher.objective), so it cannot be "
+                    f"trained here; give teacher.weights, or fit.objective (one of {', '.join(OBJECTIVES.list())})"
+                )
+            return own
+        return OBJECTIVES.get(str(name))
+
+    def objective(self) -> TeacherObjective:
+        """The objective built with the recipe's options (the ``fit`` keys besides :data:`FIT_KEYS`)."""
+        options = {k: to_plain(v) for k, v in (self.fit or {}).items() if k not in FIT_KEYS}
+        return self.objective_class().from_options(options)
 
 
 def _calibrate(teacher: Teacher, raw: np.ndarray, kind: str | None) -> None:
@@ -110,31 +152,6 @@ def _training_scores(
     return np.asarray(cache.arrays["quality"])[cache.done]
 
 
-def _ui_features(
-    teacher: EmbeddingTeacher, index: FaceIndex, canvas: Canvas, n: int, seed: int, device: str
-) -> torch.Tensor:
-    """Backbone features of ``n`` training faces degraded beyond recognition (RI's unrecognisable identities)."""
-    from aikd.align import crop
-    from aikd.data.dataset import face_loader
-    from aikd.degrade import make_unrecognisable
-
-    usable = np.flatnonzero(index.has_landmarks)  # the rows AlignedFaces reads (faces without landmarks skipped)
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(usable), size=min(n, len(usable)), replace=False)
-    gen = torch.Generator().manual_seed(seed)
-    feats = []
-    teacher.backbone.to(device).eval()
-    with torch.no_grad():
-        for batch in face_loader(index, canvas, usable[pick], batch_size=64):
-            if len(batch["index"]) == 0:
-                continue
-            img = batch["image"].to(device).float() / 255.0
-            lm, mat = batch["landmarks"].to(device), batch["canvas_from_source"].to(device)
-            crops = crop(img, lm, teacher.input_spec.geometry, mat)
-            feats.append(teacher.backbone(make_unrecognisable(crops, gen)).cpu())
-    return torch.cat(feats)
-
-
 def train_teacher(
     spec: TeacherSpec,
     datamodule: Any,
@@ -145,9 +162,10 @@ def train_teacher(
 ) -> Teacher:
     """Train ``spec`` on the datamodule's training split with its ``fit`` recipe; return the unfrozen teacher.
 
-    ``fit`` keys: ``objective`` (crfiqa | magface | adaface | ri), ``head`` (margin head settings), ``lam``,
-    ``beta``, ``cr_variant``, ``epochs``, ``batch_size``, ``optimizer`` / ``scheduler`` (partials), ``ui_size``
-    (RI), ``num_workers``.
+    ``fit`` keys: ``head`` (margin head settings; its ``name`` defaults to the objective's), ``epochs``,
+    ``batch_size``, ``optimizer`` / ``scheduler`` (partials), ``num_workers``, optionally ``objective`` (a
+    registered objective's name, instead of the teacher's own); the other keys are the objective's options (e.g.
+    ``lam``, ``beta``, ``cr_variant`` for CR-FIQA; ``ui_size``, ``ri_margin``... for RI), checked by name.
     """
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, TensorDataset
@@ -165,6 +183,7 @@ def train_teacher(
         raise TypeError(
             f"teacher '{spec.name}' cannot be trained here (not an EmbeddingTeacher); give teacher.weights instead"
         )
+    objective = spec.objective()  # before any feature is computed: a bad option fails fast
     batch_size = int(fit.get("batch_size", 128))
     features = None
     if teacher.backbone_frozen:
@@ -192,20 +211,12 @@ def train_teacher(
         )
     else:
         loader = datamodule.loader(datamodule.dataset("train", augment=True), batch_size, shuffle=True, drop_last=True)
-    ui = None
-    if fit.get("objective") == "ri":
-        ui = _ui_features(teacher, index, canvas, int(fit.get("ui_size", 512)), int(seed or 0), device)
+    objective.prepare(teacher, FitContext(index=index, canvas=canvas, seed=int(seed or 0), device=device))
     module = TeacherTrainingModule(
         teacher,
         num_classes=index.num_identities,
-        objective=fit.get("objective", "crfiqa"),
+        objective=objective,
         head=to_plain(fit.get("head")),
-        lam=float(fit.get("lam", 10.0)),
-        beta=fit.get("beta"),
-        cr_variant=fit.get("cr_variant", "paper"),
-        ri_diversion_weight=float(fit.get("ri_diversion_weight", 1.0)),
-        ri_margin=float(fit.get("ri_margin", 0.5)),
-        ui_features=ui,
         optimizer=fit.get("optimizer"),
         scheduler=fit.get("scheduler"),
     )

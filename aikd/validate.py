@@ -6,7 +6,8 @@ defaults that depend on what the chosen teacher offers (see :func:`adapt_to_teac
 :class:`ConfigError` listing every problem, each naming the config key and the fix.
 
 :func:`override_hints` explains a failed Hydra composition (``trainer.max_epoch=1`` -> "did you mean
-``trainer.max_epochs``?"); ``train.py`` and ``aikd evaluate`` print it when Hydra refuses the command line.
+``trainer.max_epochs``?"; ``backbone=resnet18`` -> the group is now called ``student``: ``student=resnet18``);
+``train.py`` and ``aikd evaluate`` print it when Hydra refuses the command line.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from aikd.config import stage_settings
 from aikd.devices import DeviceError, resolve_device
 
 log = logging.getLogger("aikd")
@@ -29,8 +31,16 @@ __all__ = ["ConfigError", "validate_run", "adapt_to_teacher", "override_hints", 
 #: Quality methods ``evaluation.methods`` understands (besides ``teacher:<option>`` and ``attribute:...``).
 METHODS = ("teacher", "student", "fr_norm")
 PROTOCOLS = ("all_pairs", "cfp_ff", "cfp_fp", "lfw")
-#: The student that replaces ``backbone=from_teacher`` when the teacher has no FR backbone to copy.
+#: The student that replaces ``student=from_teacher`` when the teacher has no FR backbone to copy.
 FALLBACK_STUDENT = "mobilenetv3_small"
+#: Config groups and keys that moved: old first part of an override's key -> (new place, why). Overrides and config
+#: files still using the old ones get the new form named (:func:`override_hints`, :func:`validate_run`).
+MOVED = {
+    "backbone": ("student", "the group is now called `student`"),
+    "teacher_mode": ("stage.distill.teacher_mode", "the distill stage's settings are under `stage.distill`"),
+    "preview": ("stage.preview", "the preview stage's settings are under `stage.preview`"),
+    "export": ("stage.export", "the export stage's settings are under `stage.export`"),
+}
 
 
 class ConfigError(ValueError):
@@ -82,8 +92,8 @@ def _teacher_offers(cfg: DictConfig) -> tuple[bool, bool]:
 def adapt_to_teacher(cfg: DictConfig) -> list[str]:
     """Adapt the defaults that assume an FR teacher to what the configured teacher offers; return what changed.
 
-    * ``backbone=from_teacher`` (the student copies the teacher's FR backbone, AI-KD's recipe) with a teacher
-      that has no named backbone: the student becomes ``backbone=mobilenetv3_small`` (a small timm network
+    * ``student=from_teacher`` (the student copies the teacher's FR backbone, AI-KD's recipe) with a teacher
+      that has no named backbone: the student becomes ``student=mobilenetv3_small`` (a small timm network
       trained from scratch).
     * ``evaluation.comparator.name=teacher`` (comparison scores from the teacher's embedding) with a teacher
       without an embedding: comparison scores come from ``evaluation.comparator.fallback`` (an FR backbone).
@@ -93,22 +103,23 @@ def adapt_to_teacher(cfg: DictConfig) -> list[str]:
     if cfg.get("teacher") is None or _teacher_class(str(cfg.teacher.get("name"))) is None:
         return []
     stages = set(cfg.get("stages") or [])
-    wants_student = "distill" in stages and cfg.get("backbone") is not None
+    student = cfg.get("student")
+    wants_copy = "distill" in stages and student is not None and bool(student.get("from_teacher", False))
     ecfg = cfg.get("evaluation")
     wants_comparator = "evaluate" in stages and ecfg is not None and ecfg.comparator.get("name") == "teacher"
-    if not (wants_student and cfg.backbone.get("backbone") == "teacher") and not wants_comparator:
+    if not wants_copy and not wants_comparator:
         return []
     has_backbone, has_embedding = _teacher_offers(cfg)
     changes = []
     with open_dict(cfg):
-        if wants_student and cfg.backbone.get("backbone") == "teacher" and not has_backbone:
+        if wants_copy and not has_backbone:
             from aikd.config import load_option
 
-            cfg.backbone = load_option("backbone", FALLBACK_STUDENT)
+            cfg.student = load_option("student", FALLBACK_STUDENT)
             changes.append(
-                f"teacher '{cfg.teacher.name}' has no FR backbone to copy (backbone=from_teacher): the student is "
-                f"backbone={FALLBACK_STUDENT} ({cfg.backbone.backbone}, from scratch); choose another with "
-                "backbone=<option>"
+                f"teacher '{cfg.teacher.name}' has no FR backbone to copy (student=from_teacher): the student is "
+                f"student={FALLBACK_STUDENT} ({cfg.student.backbone}, from scratch); choose another with "
+                "student=<option>"
             )
         if wants_comparator and not has_embedding:
             fallback = ecfg.comparator.get("fallback") or "facenet"
@@ -224,10 +235,10 @@ def _check_data(cfg: DictConfig, problems: list[str]) -> None:
             )
         elif not kind.endswith("CFPSource") and not root.exists():
             problems.append(f"data.{split}.root={root}: no such file or folder")
-    if data.get("augment") is not None and str(cfg.get("teacher_mode", "cache")) == "cache":
+    if data.get("augment") is not None and str(stage_settings(cfg, "distill").get("teacher_mode", "cache")) == "cache":
         problems.append(
-            "data.augment changes pixels, so cached teacher scores would be wrong: set teacher_mode=online "
-            "(or data.augment=null)"
+            "data.augment changes pixels, so cached teacher scores would be wrong: set "
+            "stage.distill.teacher_mode=online (or data.augment=null)"
         )
 
 
@@ -258,26 +269,56 @@ def _check_student(cfg: DictConfig, problems: list[str]) -> None:
 
     if "distill" not in set(cfg.stages):
         return
-    if cfg.get("backbone") is None:
-        problems.append("the distill stage needs a student: backbone=<option> (see conf/backbone)")
+    student = cfg.get("student")
+    if student is None:
+        problems.append("the distill stage needs a student: student=<option> (see conf/student)")
         return
-    name = str(cfg.backbone.get("backbone"))
+    name, weights = student.get("backbone"), student.get("backbone_weights")
+    if "teacher" in (name, weights):
+        problems.append(
+            "student.backbone=teacher / student.backbone_weights=teacher is the old way of copying the teacher: use "
+            "student=from_teacher (student.from_teacher=true with student.backbone=null)"
+        )
+        return
+    if student.get("from_teacher", False):
+        if name is not None:
+            problems.append(
+                f"student.from_teacher=true copies the teacher's backbone, so student.backbone must be null (got "
+                f"'{name}'); to train '{name}' instead, set student.from_teacher=false (or choose student=<option>)"
+            )
+        elif weights is not None:
+            problems.append(
+                f"student.from_teacher=true copies the teacher's weights, so student.backbone_weights must be null "
+                f"(got '{weights}')"
+            )
+        return
+    if name is None:
+        problems.append(
+            "student.backbone is null: name the student's backbone (student.backbone=<name> or timm/<model>), or "
+            "copy the teacher's with student=from_teacher"
+        )
+        return
+    name = str(name)
     known = list_backbones()
-    if name == "teacher":
-        return
     if name.startswith("timm/"):
         import timm
 
         model = name.split("/", 1)[1]
         if not timm.is_model(model):
-            problems.append(f"backbone.backbone: '{name}' is not a timm model{did_you_mean(model, timm.list_models())}")
+            problems.append(f"student.backbone: '{name}' is not a timm model{did_you_mean(model, timm.list_models())}")
     elif name not in known:
         problems.append(
-            f"backbone.backbone: unknown backbone '{name}'{did_you_mean(name, known)}; use 'teacher', one of "
-            f"{', '.join(known)} or timm/<model>"
+            f"student.backbone: unknown backbone '{name}'{did_you_mean(name, known)}; use one of "
+            f"{', '.join(known)} or timm/<model> (or student=from_teacher to copy the teacher's)"
         )
-    if cfg.backbone.get("backbone_weights") == "teacher" and name != "teacher":
-        problems.append("backbone.backbone_weights=teacher needs backbone.backbone=teacher (the teacher's network)")
+
+
+def _check_moved(cfg: DictConfig, problems: list[str]) -> None:
+    """Keys that moved, still set the old way (an old experiment file, or ``+teacher_mode=...``): nothing reads
+    them any more, so a run would silently ignore them."""
+    for old, (new, why) in MOVED.items():
+        if old in cfg:
+            problems.append(f"'{old}' is not read any more ({why}): use {new} instead")
 
 
 def validate_run(cfg: DictConfig, stages: Iterable[str]) -> list[str]:
@@ -301,9 +342,10 @@ def validate_run(cfg: DictConfig, stages: Iterable[str]) -> list[str]:
     if problems:
         raise ConfigError(problems)
     run_stages = set(cfg.stages)
-    mode = str(cfg.get("teacher_mode", "cache"))
+    _check_moved(cfg, problems)
+    mode = str(stage_settings(cfg, "distill").get("teacher_mode", "cache"))
     if mode not in ("cache", "online"):
-        problems.append(f"teacher_mode must be 'cache' or 'online', got '{mode}'")
+        problems.append(f"stage.distill.teacher_mode must be 'cache' or 'online', got '{mode}'")
     if "export" in run_stages and "distill" not in run_stages:
         problems.append("the export stage exports the student the distill stage trains: add distill to stages, or "
                         "export a saved student with `aikd export <file> --out <dir>`")  # fmt: skip
@@ -326,9 +368,11 @@ def validate_run(cfg: DictConfig, stages: Iterable[str]) -> list[str]:
     if "export" in run_stages:
         from aikd.export import FORMATS
 
-        for f in (cfg.get("export") or {}).get("formats") or []:
+        for f in stage_settings(cfg, "export").get("formats") or []:
             if f not in FORMATS:
-                problems.append(f"export.formats: unknown format '{f}'{did_you_mean(f, FORMATS)}; formats: {FORMATS}")
+                problems.append(
+                    f"stage.export.formats: unknown format '{f}'{did_you_mean(f, FORMATS)}; formats: {FORMATS}"
+                )
     try:
         from hydra.utils import instantiate
 
@@ -372,12 +416,37 @@ def _flat_keys(node: Any, prefix: str = "") -> list[str]:
     return out
 
 
-def override_hints(overrides: Sequence[str], config_dir: str | Path, config_name: str = "train") -> list[str]:
-    """Explain why Hydra refused ``overrides``: "did you mean" for keys that are not in the config.
+def _moved_hint(override: str) -> str | None:
+    """The new form of an override that uses a moved group or key (see :data:`MOVED`), or ``None``."""
+    key, _, value = override.partition("=")
+    bare = key.lstrip("+~")
+    head, dot, rest = bare.partition(".")
+    if head not in MOVED:
+        return None
+    new, why = MOVED[head]
+    if head == "backbone" and value == "teacher":  # the old sentinel of copying the teacher
+        return f"'{override}': {why}, and copies the teacher with student=from_teacher (student.from_teacher=true)"
+    return f"'{override}': {why}: {key[: len(key) - len(bare)]}{new}{dot}{rest}={value}"
 
-    Composes the config with the same overrides (outside any running app); when a key is not in the config,
-    suggests the closest existing keys (the whole dotted path, and the last part under its nearest existing
-    parent). Returns no hints when the overrides compose.
+
+def override_hints(overrides: Sequence[str], config_dir: str | Path, config_name: str = "train") -> list[str]:
+    """Explain why Hydra refused ``overrides``: the new form of moved groups and keys, "did you mean" for keys
+    that are not in the config.
+
+    Composes the config with the same overrides (outside any running app). Overrides using a group or key that
+    moved (:data:`MOVED`: ``backbone=resnet18`` -> ``student=resnet18``, ``teacher_mode=online`` ->
+    ``stage.distill.teacher_mode=online``) get their new form. For another key that is not in the config, the
+    closest existing keys under its nearest existing parent are suggested: those with the same last part (a key
+    that moved), else the closest spellings of the dotted path, else of its last part. Returns no hints when the
+    overrides compose.
+
+    Args:
+        overrides: the command line's overrides (other arguments are skipped).
+        config_dir: the config tree (``conf/``).
+        config_name: the primary config.
+
+    Returns:
+        One line per hint.
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -391,11 +460,17 @@ def override_hints(overrides: Sequence[str], config_dir: str | Path, config_name
                 return []
             except Exception as err:  # noqa: BLE001 - Hydra's composition errors vary in type
                 message = str(err)
+            moved = [h for h in (_moved_hint(o) for o in task) if h]
             m = re.search(r"Could not override '([^']+)'", message)
             if not m:
-                return []
+                return moved
+            head = m.group(1).split(".")[0]
+            if head in MOVED:  # refused in a config file (an experiment's defaults) when no override names it
+                new, why = MOVED[head]
+                return moved or [f"'{head}' in a config file (an experiment's `override /{head}: ...`?): {why}: {new}"]
             bad = m.group(1)
-            groups = [o for o in task if "." not in o.split("=", 1)[0] and not o.startswith(("+", "~"))]
+            current = [o for o in task if not _moved_hint(o)]
+            groups = [o for o in current if "." not in o.split("=", 1)[0] and not o.startswith(("+", "~"))]
             try:
                 base = compose(config_name, overrides=groups)
             except Exception:  # noqa: BLE001
@@ -411,12 +486,15 @@ def override_hints(overrides: Sequence[str], config_dir: str | Path, config_name
             parent = candidate
             break
     under = [k for k in keys if k.startswith(parent + ".")] if parent else keys
-    close = difflib.get_close_matches(bad, under, n=3, cutoff=0.75)
+    # A key with the same last part first (a key that moved under another parent), then close spellings.
+    leaf = parts[-1]
+    close = [k for k in under if k.rsplit(".", 1)[-1] == leaf][:3]
+    close = close or difflib.get_close_matches(bad, under, n=3, cutoff=0.75)
+    close = close or difflib.get_close_matches(leaf, under, n=3, cutoff=0.75)
     if not close:
-        leaf = parts[-1]
-        close = [k for k in under if k.rsplit(".", 1)[-1] == leaf][:3] or difflib.get_close_matches(
-            leaf, under, n=3, cutoff=0.75
-        )
-    if not close:
-        return [f"'{bad}' is not a key of this configuration; `python train.py --cfg job` prints the composed config"]
-    return [f"'{bad}' is not a key of this configuration: did you mean " + " or ".join(f"'{c}'" for c in close) + "?"]
+        return [
+            *moved,
+            f"'{bad}' is not a key of this configuration; `python train.py --cfg job` prints the composed config",
+        ]
+    suggestion = " or ".join(f"'{c}'" for c in close)
+    return [*moved, f"'{bad}' is not a key of this configuration: did you mean {suggestion}?"]

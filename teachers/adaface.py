@@ -4,8 +4,8 @@ AdaFace uses the feature norm as a proxy of image quality *inside* its loss: the
 batch-normalised value ``z`` (see :class:`aikd.losses.AdaFaceHead`), which teaches the network a norm that rises
 with recognisability. The teacher reads that norm off. Two ways to get one:
 
-* train it here (``aikd.modules.TeacherTrainingModule`` with ``objective="adaface"``): a registered backbone
-  (frozen by default) + a ``Linear + BatchNorm`` projection trained under the AdaFace head;
+* train it here (its objective is :class:`aikd.losses.AdaFaceObjective`): a registered backbone (frozen by
+  default) + a ``Linear + BatchNorm`` projection trained under the AdaFace head;
 * load an official AdaFace checkpoint (``checkpoint=<file>.ckpt``, ``arch=ir_50`` or ``ir_101``): the IR network
   without its margin head. AdaFace networks take **BGR** faces in ``[-1, 1]``; that is part of the IR backbone's
   :class:`~aikd.preprocess.InputSpec`, so callers still hand over canonical RGB faces and the flip happens inside.
@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
+from aikd.losses import AdaFaceObjective
 from aikd.teacher import EmbeddingTeacher, register_teacher
 
 
@@ -32,7 +33,7 @@ class AdaFaceTeacher(EmbeddingTeacher):
         arch: its architecture, ``"ir_18"``, ``"ir_50"`` or ``"ir_101"`` (``None`` infers it from the file).
     """
 
-    name = "adaface"
+    objective = AdaFaceObjective
     example_kwargs: ClassVar[dict[str, Any]] = dict(EmbeddingTeacher.example_kwargs)
 
     def __init__(

@@ -3,8 +3,8 @@ the sample's certainty ratio CCS / (NNCCS + 1 + eps) under an angular-margin sof
 
 Two ways to get one:
 
-* train it here (``aikd.modules.TeacherTrainingModule`` with ``objective="crfiqa"``): any registered backbone
-  (frozen, partly or fully trainable) + a ``Linear + BatchNorm`` projection + the ``qs`` head;
+* train it here (its objective is :class:`aikd.losses.CRFIQAObjective`): any registered backbone (frozen,
+  partly or fully trainable) + a ``Linear + BatchNorm`` projection + the ``qs`` head;
 * load an official CR-FIQA checkpoint (``checkpoint=<step>backbone.pth``, ``arch=iresnet50|iresnet100``): the
   iResNet with its ``qs`` head, no projection.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aikd.losses import CRFIQAObjective
 from aikd.teacher import EmbeddingTeacher, register_teacher
 
 
@@ -27,7 +28,7 @@ class CRFIQATeacher(EmbeddingTeacher):
         arch: its architecture, ``"iresnet50"`` or ``"iresnet100"`` (``None``: inferred from the file).
     """
 
-    name = "crfiqa"
+    objective = CRFIQAObjective
 
     def __init__(
         self,

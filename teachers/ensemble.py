@@ -95,7 +95,6 @@ class EnsembleTeacher(Teacher):
             calibration the mode cannot use.
     """
 
-    name = "ensemble"
     embedding_dim = None
     #: Two small CR-FIQA members (different projection sizes) in the default rank mode. Random-weight members have
     #: no reference set, so the example gives each an explicit ECDF calibration over their typical raw range

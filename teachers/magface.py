@@ -5,9 +5,9 @@ large magnitudes, so that the magnitude ends up tracking how recognisable a face
 *not* trained this way says little about quality (FaceNet's pre-normalisation norm is nearly uncorrelated with
 mated similarity, see docs/methods.md section 3.2), hence two ways to get a MagFace teacher:
 
-* train it here (``aikd.modules.TeacherTrainingModule`` with ``objective="magface"``): a registered backbone
-  (frozen by default) + a ``Linear + BatchNorm`` projection trained under the MagFace head; the projection's
-  output norm is the quality;
+* train it here (its objective is :class:`aikd.losses.MagFaceObjective`): a registered backbone (frozen by
+  default) + a ``Linear + BatchNorm`` projection trained under the MagFace head; the projection's output norm is
+  the quality;
 * load an official MagFace checkpoint (``checkpoint=<file>.pth``, ``arch=iresnet100``): the iResNet with the
   ``magface`` preset (BGR input in ``[0, 1]``, BatchNorm eps ``2e-5``), no projection.
 
@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from aikd.calibration import OFIQ_MAGFACE_CENTRE, OFIQ_MAGFACE_SCALE, Calibration
+from aikd.losses import MagFaceObjective
 from aikd.teacher import EmbeddingTeacher, register_teacher
 
 #: OFIQ's (ISO/IEC 29794-5 reference implementation) MagFace mapping ``100 * sigmoid((norm - centre) / scale)``.
@@ -47,7 +48,7 @@ class MagFaceTeacher(EmbeddingTeacher):
             integer values.
     """
 
-    name = "magface"
+    objective = MagFaceObjective
     example_kwargs: ClassVar[dict[str, Any]] = dict(EmbeddingTeacher.example_kwargs)
 
     def __init__(

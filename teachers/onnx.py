@@ -88,7 +88,6 @@ class ONNXTeacher(Teacher):
             an unknown output name/index, or an output shape the transform cannot use.
     """
 
-    name = "onnx"
     #: Arguments that say where and how the model runs, not what it computes: left out of the fingerprint.
     runtime_args: tuple[str, ...] = ("path", "providers", "num_threads")
 

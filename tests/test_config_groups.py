@@ -48,7 +48,7 @@ def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
 
 
 def test_every_group_has_options() -> None:
-    for group in ("data", "teacher", "backbone", "misalign", "model", "trainer", "logger", "callbacks", "paths"):
+    for group in ("data", "teacher", "student", "misalign", "model", "trainer", "logger", "callbacks", "paths"):
         assert list_options(group), group
     for group in ("hydra", "experiment", "hparams_search", "evaluation"):
         assert (CONF / group).is_dir(), group
@@ -92,22 +92,20 @@ def test_teacher_options(compose_cfg: Callable[..., DictConfig], option: str) ->
         assert isinstance(spec.fit["optimizer"]([torch.nn.Parameter(torch.zeros(1))]), torch.optim.Optimizer)
 
 
-@pytest.mark.parametrize("option", _options("backbone"))
-def test_backbone_options(compose_cfg: Callable[..., DictConfig], option: str) -> None:
+@pytest.mark.parametrize("option", _options("student"))
+def test_student_options(compose_cfg: Callable[..., DictConfig], option: str) -> None:
     from aikd.pipeline import build_student_from_config
     from aikd.student import Student
     from aikd.teacher import TEACHERS, create_teacher
 
-    cfg = compose_cfg(f"backbone={option}", "backbone.backbone_weights=null")
-    if cfg.backbone.backbone == "teacher":
-        kw = TEACHERS.get("crfiqa").example_kwargs
-        teacher = create_teacher("crfiqa", **kw)
-        cfg.backbone.backbone_weights = "teacher"
-        student = build_student_from_config(cfg, teacher)
+    cfg = compose_cfg(f"student={option}", "student.backbone_weights=null")
+    assert isinstance(cfg.student.from_teacher, bool)  # every student says whether it copies the teacher
+    teacher = create_teacher("crfiqa", **TEACHERS.get("crfiqa").example_kwargs)
+    student = build_student_from_config(cfg, teacher)
+    if cfg.student.from_teacher:
+        assert cfg.student.backbone is None  # the teacher's
         for a, b in zip(student.backbone.state_dict().values(), teacher.backbone.state_dict().values()):
             assert torch.equal(a, b)  # initialised from the teacher
-    else:
-        student = instantiate(cfg.backbone)
     assert isinstance(student, Student)
     h, w = student.input_spec.size
     out = student.eval()(torch.rand(2, 3, h, w))
@@ -197,3 +195,33 @@ def test_experiments_compose_and_resolve(compose_cfg: Callable[..., DictConfig],
     instantiate(cfg.data, _convert_="partial")
     if "???" not in OmegaConf.to_yaml(cfg.teacher):
         instantiate(cfg.teacher, _convert_="partial")
+
+
+def _plain(node: DictConfig) -> dict:
+    return OmegaConf.to_container(node, resolve=False)
+
+
+@pytest.mark.parametrize("group", ["data", "model", "student", "evaluation"])
+def test_load_option_matches_hydra(compose_cfg: Callable[..., DictConfig], group: str) -> None:
+    """``load_option`` (stages loading options outside the defaults list) resolves an option's ``defaults`` (shared
+    bases in sub-folders, other options) exactly as Hydra composes them."""
+    from aikd.config import load_option
+
+    for option in _options(group):
+        assert _plain(load_option(group, option)) == _plain(compose_cfg(f"{group}={option}")[group]), option
+
+
+@pytest.mark.parametrize("group, base", [("data", "base/datamodule"), ("model", "base/distill")])
+def test_options_share_their_base(compose_cfg: Callable[..., DictConfig], group: str, base: str) -> None:
+    """Every option of the group composes onto the same base keys and holds only its deltas (nothing the base
+    already says with the same value); the base itself is not an option."""
+    from aikd.config import load_option
+
+    sub, name = base.split("/")
+    shared = load_option(f"{group}/{sub}", name)
+    assert len(shared) > 3 and set(list_options(group)) == set(_options(group)) and sub not in list_options(group)
+    for option in _options(group):
+        assert set(shared) <= set(compose_cfg(f"{group}={option}")[group]), option
+        own = OmegaConf.load(CONF / group / f"{option}.yaml")
+        repeated = [k for k in own if k != "defaults" and k in shared and _plain(own)[k] == _plain(shared)[k]]
+        assert not repeated, f"conf/{group}/{option}.yaml repeats {repeated} of conf/{group}/{base}.yaml"

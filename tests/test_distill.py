@@ -219,7 +219,7 @@ def test_export_round_trip(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> 
 
 
 def test_student_from_teacher_starts_as_the_teacher(tmp_path: Path) -> None:
-    """backbone=teacher, backbone_weights=teacher and a linear head: before training the student IS the teacher."""
+    """student.from_teacher=true and a linear head: before training the student IS the teacher."""
     from omegaconf import OmegaConf
 
     from aikd.pipeline import build_student_from_config
@@ -228,10 +228,11 @@ def test_student_from_teacher_starts_as_the_teacher(tmp_path: Path) -> None:
     teacher = create_teacher("crfiqa", **{**cls.example_kwargs, "projection_dim": None})
     cfg = OmegaConf.create(
         {
-            "backbone": {
+            "student": {
                 "_target_": "aikd.student.Student",
-                "backbone": "teacher",
-                "backbone_weights": "teacher",
+                "from_teacher": True,
+                "backbone": None,
+                "backbone_weights": None,
                 "backbone_kwargs": {},
                 "embedding_dim": None,
                 "hidden": 0,

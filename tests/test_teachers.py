@@ -175,3 +175,26 @@ def test_embedding_teacher_head_matches_full_forward() -> None:
         via = t.head(t.backbone(faces))
     torch.testing.assert_close(via.quality, full.quality)
     torch.testing.assert_close(via.embedding, full.embedding)
+
+
+def test_the_decorator_writes_a_teachers_name_once() -> None:
+    """``@register_teacher("x")`` is where a name is written: it sets the class's ``name`` (saved, fingerprinted)."""
+    assert all(TEACHERS.get(n).name == n for n in list_teachers())
+
+    class Unnamed(Teacher):
+        def predict(self, faces):  # noqa: ANN001, ANN202
+            from aikd.teacher import TeacherOutput
+
+            return TeacherOutput(faces.mean(dim=(1, 2, 3)), None)
+
+    class Misnamed(Unnamed):
+        name = "something_else"
+
+    try:
+        register_teacher("test_unnamed")(Unnamed)
+        assert Unnamed.name == "test_unnamed" and create_teacher("test_unnamed").name == "test_unnamed"
+        with pytest.raises(ValueError, match="Misnamed.name is 'something_else' but it is registered as 'test_mis'"):
+            register_teacher("test_mis")(Misnamed)
+        assert "test_mis" not in TEACHERS
+    finally:
+        TEACHERS._entries.pop("test_unnamed", None)

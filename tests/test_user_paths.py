@@ -248,6 +248,10 @@ def test_config_mistakes_are_refused_before_any_work(user_env: dict[str, str], t
     assert typo.returncode == 1 and "did you mean 'trainer.max_epochs'" in typo.stderr
     old = run(["python", str(REPO / "train.py"), "data=folder", "data.train.root=x"], tmp_path, user_env, ok=False)
     assert "did you mean 'data.root'" in old.stderr
+    renamed = run(["python", str(REPO / "train.py"), "backbone=mobilenetv3_small", "teacher_mode=online"], tmp_path,
+                  user_env, ok=False)  # fmt: skip
+    assert renamed.returncode == 1 and "the group is now called `student`: student=mobilenetv3_small" in renamed.stderr
+    assert "stage.distill.teacher_mode=online" in renamed.stderr
     bad = run(["python", str(REPO / "train.py"), "evaluation.conditions=[none,jiter3]",
                "evaluation.methods=[teacher,studnt]", "data=folder", "data.root=nowhere",
                f"paths.log_dir={tmp_path / 'logs'}"], tmp_path, user_env, ok=False)  # fmt: skip
@@ -282,7 +286,7 @@ def test_adding_a_teacher_recipe_verbatim(user_env: dict[str, str], tmp_path: Pa
     out = run_dir(logs, "synthetic-myfiqa")
     results = json.loads((out / "results.json").read_text())
     adapted = " ".join(results["config_adapted"])
-    assert "backbone=mobilenetv3_small" in adapted and "FR backbone 'facenet'" in adapted
+    assert "student=mobilenetv3_small" in adapted and "FR backbone 'facenet'" in adapted
     assert results["teacher"]["name"] == "myfiqa"
     methods = {k.split("/")[0] for k in results["evaluation"]["pauc_normalised"]}
     assert methods == {"teacher:myfiqa", "student", "attribute:-severity"}
@@ -339,3 +343,28 @@ def test_repository_points_nowhere_outside_itself() -> None:
         and outside.search(f.read_text(errors="ignore"))
     ]
     assert offenders == []
+
+
+@pytest.mark.data
+def test_cfp_headline_experiment_at_test_size(user_env: dict[str, str], tmp_path: Path, cfp_root: Path) -> None:
+    """README: ``python train.py experiment=cfp_crfiqa_facenet`` (8 training and 5 test identities, 1 epoch)."""
+    env = {**user_env, "AIKD_DATA": str(cfp_root.parent)}
+    logs = tmp_path / "logs"
+    proc = run(["python", str(REPO / "train.py"), "experiment=cfp_crfiqa_facenet", "data.train.identities=[1,8]",
+                "data.val.identities=[496,500]", "trainer.max_epochs=1", "teacher.fit.epochs=2",
+                "evaluation.conditions=[none,boxcrop]", f"paths.log_dir={logs}"], tmp_path, env)  # fmt: skip
+    out = run_dir(logs, "cfp_crfiqa_facenet")
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["timings_s"]) == ["prepare", "preview", "teacher", "distill", "evaluate", "export"]
+    assert results["data"]["train"]["identities"] == 8 and results["data"]["val"]["identities"] == 5
+    methods = {k.split("/")[0] for k in results["evaluation"]["pauc_normalised"]}
+    assert methods == {"teacher:crfiqa", "student", "fr_norm"}
+    assert "Comparison scores: **facenet**" in (out / "evaluation" / "report.md").read_text()
+    assert (out / "export" / "student.onnx").is_file() and "fr_norm" in proc.stdout
+
+
+def test_development_commands_pass() -> None:
+    """README "Development": the linters the project holds itself to."""
+    for args in (["check", "."], ["format", "--check", "."]):
+        proc = subprocess.run([str(BIN / "ruff"), *args], cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:]

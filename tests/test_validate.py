@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -54,10 +55,10 @@ def test_every_problem_is_listed_with_its_key(compose_cfg: Callable[..., DictCon
         "evaluation.methods=[teacher,studnt,teacher:crfiq]",
         "evaluation.operating_points=['fmr=2','start_error=0.1']",
         "evaluation.comparator.name=facenett",
-        "backbone.backbone=timm/resnet_18",
-        "backbone.backbone_weights=null",
+        "student=resnet18",
+        "student.backbone=timm/resnet_18",
         f"resume={tmp_path / 'missing.ckpt'}",
-        "export.formats=[onnx,tflite]",
+        "stage.export.formats=[onnx,tflite]",
     )
     with pytest.raises(ConfigError) as info:
         validate_run(cfg, STAGES)
@@ -71,7 +72,7 @@ def test_every_problem_is_listed_with_its_key(compose_cfg: Callable[..., DictCon
         "unknown FR model 'facenett' (did you mean 'facenet'",
         "'timm/resnet_18' is not a timm model (did you mean 'resnet18'",
         "resume=",
-        "unknown format 'tflite'",
+        "stage.export.formats: unknown format 'tflite'",
     ):
         assert expected in text, (expected, text)
     assert len(info.value.problems) == 9
@@ -111,14 +112,42 @@ def test_defaults_adapt_to_a_teacher_without_backbone_or_embedding(
 ) -> None:
     monkeypatch.setattr(TEACHERS, "_entries", {**TEACHERS._entries, "plain_for_tests": _PlainTeacher})
     cfg = compose_cfg("teacher.name=plain_for_tests", "~teacher.fit", "~teacher.build")
-    assert cfg.backbone.backbone == "teacher" and cfg.evaluation.comparator.name == "teacher"
+    assert cfg.student.from_teacher and cfg.evaluation.comparator.name == "teacher"
     changes = validate_run(cfg, STAGES)
-    assert len(changes) == 2
-    assert cfg.backbone.backbone == "timm/mobilenetv3_small_100" and cfg.backbone.backbone_weights is None
+    assert len(changes) == 2 and "the student is student=mobilenetv3_small" in changes[0]
+    assert cfg.student.backbone == "timm/mobilenetv3_small_100" and not cfg.student.from_teacher
     assert cfg.evaluation.comparator.name == "facenet" and cfg.evaluation.comparator.weights == "default"
     # without the evaluate stage the comparator is not touched, without distill the student is not
     cfg = compose_cfg("teacher.name=plain_for_tests", "~teacher.fit", "~teacher.build", "stages=[prepare,teacher]")
-    assert validate_run(cfg, STAGES) == [] and cfg.backbone.backbone == "teacher"
+    assert validate_run(cfg, STAGES) == [] and cfg.student.from_teacher
+
+
+def test_student_settings_are_checked(compose_cfg: Callable[..., DictConfig]) -> None:
+    """``student.from_teacher`` and ``student.backbone`` must agree; the old sentinel values name the new form."""
+    assert validate_run(compose_cfg("student=resnet18"), STAGES) == []
+    for overrides, expected in (
+        (["student.backbone=iresnet50"], "student.from_teacher=true copies the teacher's backbone, so"),
+        (["student.backbone_weights=default"], "student.backbone_weights must be null (got 'default')"),
+        (["student=resnet18", "student.backbone=null"], "student.backbone is null"),
+        (["student=resnet18", "student.from_teacher=false", "student.backbone=teacher"], "use student=from_teacher"),
+        (["student=resnet18", "student.backbone_weights=teacher"], "the old way of copying the teacher"),
+        (["student=resnet18", "student.backbone=resnett18"], "unknown backbone 'resnett18'"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            validate_run(compose_cfg(*overrides), STAGES)
+
+
+def test_moved_keys_set_anyway_are_refused(compose_cfg: Callable[..., DictConfig]) -> None:
+    """Old keys added with ``+`` (or by an old experiment file) compose, but nothing reads them: refused, naming
+    the new place."""
+    with pytest.raises(ConfigError) as info:
+        validate_run(compose_cfg("+teacher_mode=online", "+backbone=resnet18", "+export.formats=[onnx]"), STAGES)
+    text = str(info.value)
+    for expected in ("use stage.distill.teacher_mode instead", "use student instead", "use stage.export instead"):
+        assert expected in text, text
+    cfg = compose_cfg("data=cfp_augment", "stages=[prepare,distill]")
+    with pytest.raises(ConfigError, match=r"set stage.distill.teacher_mode=online"):
+        validate_run(cfg, STAGES)
 
 
 def test_attribute_methods_need_the_attribute() -> None:
@@ -133,6 +162,39 @@ def test_override_hints() -> None:
     (hint,) = override_hints(["data=folder", "data.train.root=/x"], CONF)
     assert "did you mean 'data.root'" in hint
     assert override_hints(["trainer.max_epochs=1", "data=cfp"], CONF) == []
+    assert override_hints(["student=resnet18", "stage.distill.teacher_mode=online"], CONF) == []
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("backbone=mobilenetv3_small", "the group is now called `student`: student=mobilenetv3_small"),
+        ("backbone.trainable=last:4", "the group is now called `student`: student.trainable=last:4"),
+        ("backbone.backbone=teacher", "the group is now called `student`, and copies the teacher with student="),
+        ("teacher_mode=online", "under `stage.distill`: stage.distill.teacher_mode=online"),
+        ("export.formats=[onnx]", "under `stage.export`: stage.export.formats=[onnx]"),
+        ("preview.n_faces=3", "under `stage.preview`: stage.preview.n_faces=3"),
+    ],
+)
+def test_old_forms_get_the_new_ones(old: str, new: str) -> None:
+    (hint,) = override_hints(["data=cfp", old], CONF)
+    assert new in hint and f"'{old}'" in hint, hint
+    # together with another mistake: both are explained
+    hints = override_hints([old, "trainer.max_epoch=1"], CONF)
+    assert any(new in h for h in hints), hints
+
+
+def test_moved_keys_are_found_by_their_last_part() -> None:
+    """The generic "did you mean" finds a key that moved under another parent by its last part."""
+    from aikd.validate import MOVED
+
+    saved = dict(MOVED)
+    MOVED.clear()
+    try:
+        (hint,) = override_hints(["teacher_mode=online"], CONF)
+    finally:
+        MOVED.update(saved)
+    assert "did you mean 'stage.distill.teacher_mode'" in hint
     assert did_you_mean("jiter3", ["jitter3", "affine"]) == " (did you mean 'jitter3'?)"
     assert did_you_mean("zzz", ["jitter3"]) == ""
 

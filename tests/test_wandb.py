@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
 
 import aikd.config  # noqa: F401  (resolvers)
 
@@ -42,14 +44,18 @@ def test_offline_wandb_run_has_plots_and_model_artifact(tmp_path: Path, monkeypa
         "teacher.fit.epochs=1",
         "trainer.max_epochs=1",
         "evaluation.conditions=[none,jitter3]",
-        "export.formats=[safetensors]",
+        "stage.export.formats=[safetensors]",
         f"paths.output_dir={tmp_path / 'out'}",
         f"paths.cache_dir={tmp_path / 'cache'}",
     ]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
     GlobalHydra.instance().clear()
+    # as under train.py: Hydra's runtime config is set (the run's name, <data>-<teacher>, is read from it)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
     results = run(cfg)
 
     import wandb

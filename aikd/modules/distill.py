@@ -133,7 +133,7 @@ class DistillModule(pl.LightningModule):
         if use_embedding and teacher.embedding_dim != self.student.embedding_dim:
             raise ValueError(
                 f"student embedding size {self.student.embedding_dim} != teacher's {teacher.embedding_dim}: set "
-                f"backbone.embedding_dim={teacher.embedding_dim} or model.embedding_weight=0"
+                f"student.embedding_dim={teacher.embedding_dim} or model.embedding_weight=0"
             )
         return self
 
