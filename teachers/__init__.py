@@ -2,9 +2,14 @@
 
 Adding a teacher: one file here (a :class:`aikd.teacher.Teacher` subclass decorated with
 ``@register_teacher("name")``, which also sets its ``name``; a teacher trained here declares its training objective
-in the same file, ``objective = ...``, see ``ri.py``), one import line below, and one ``conf/teacher/<name>.yaml``.
-The registry-wide tests (``tests/test_teachers.py``, ``tests/test_teacher_training.py``) then cover it
-automatically.
+in the same file, ``objective = ...``, see ``ri.py``) and one ``conf/teacher/<name>.yaml``. Every module of this
+package is imported here (files starting with ``_`` excepted), so a new file needs no import line; the
+registry-wide tests (``tests/test_teachers.py``, ``tests/test_teacher_training.py``) then cover it automatically.
 """
 
-from teachers import adaface, crfiqa, ensemble, magface, onnx, ri  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")

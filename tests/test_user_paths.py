@@ -273,11 +273,8 @@ def test_adding_a_teacher_recipe_verbatim(user_env: dict[str, str], tmp_path: Pa
     section = README.read_text().split("## Adding a teacher", 1)[1].split("\n## ", 1)[0]
     (code,) = [textwrap.dedent(b) for b in re.findall(r"```python\n(.*?)```", section, flags=re.S)]
     (conf,) = [textwrap.dedent(b) for b in re.findall(r"```yaml\n(.*?)```", section, flags=re.S)]
-    (import_line,) = re.findall(r"Add `(from teachers import myfiqa)` to `teachers/__init__.py`", section)
     (command,) = re.findall(r"Then `(python train.py teacher=myfiqa)`", section)
     (project / "teachers" / "myfiqa.py").write_text(code)
-    with open(project / "teachers" / "__init__.py", "a") as f:
-        f.write(f"\n{import_line}  # noqa: E402,F401\n")
     (project / "conf" / "teacher" / "myfiqa.yaml").write_text(conf)
     logs = tmp_path / "logs"
     args = command.split()[1:]
