@@ -141,6 +141,8 @@ class TeacherProgressBar(TQDMProgressBar):
         self.teacher_name = name
 
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        super().on_train_epoch_start(trainer, *args)
+        # Not Lightning's hook: it first redraws the bar as "Epoch k", one more line per epoch in a log file.
+        batches = self.total_train_batches
+        self.train_progress_bar.reset(total=None if batches == float("inf") else int(batches))
         total = f"/{trainer.max_epochs}" if (trainer.max_epochs or 0) > 0 else ""
         self.train_progress_bar.set_description(f"teacher {self.teacher_name} epoch {trainer.current_epoch + 1}{total}")
