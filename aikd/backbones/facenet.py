@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from aikd.align import Geometry
 from aikd.backbones.base import FaceBackbone, register_backbone
-from aikd.io import atomic_path, cache_dir, sha256_file
+from aikd.io import cache_dir, sha256_file
 from aikd.preprocess import InputSpec
 
 __all__ = [
@@ -551,7 +551,6 @@ def convert_facenet_graph(pb_path: Path | None = None, out_path: Path | None = N
         The written path. The file is written atomically and carries metadata: the source file name and
         SHA-256, the aikd version and the input spec.
     """
-    import safetensors.torch
 
     import aikd
 
@@ -569,10 +568,9 @@ def convert_facenet_graph(pb_path: Path | None = None, out_path: Path | None = N
         "embedding": "un-normalised (input of the graph's L2 normalisation)",
         "input_spec": json.dumps(FACENET_INPUT_SPEC.to_dict()),
     }
-    with atomic_path(out_path) as tmp:
-        safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
-    log.info("converted %s -> %s", pb_path, out_path)
-    return out_path
+    from aikd.backbones.base import save_converted_weights
+
+    return save_converted_weights(state, out_path, metadata, pb_path)
 
 
 # ----------------------------------------------------------------------------------------------------------------

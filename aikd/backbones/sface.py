@@ -306,7 +306,6 @@ def convert_sface(onnx_path: str | Path | None = None, out_path: str | Path | No
     Returns:
         The written path (atomic write, metadata: source name and SHA-256, aikd version, input spec).
     """
-    import safetensors.torch
 
     import aikd
 
@@ -323,10 +322,9 @@ def convert_sface(onnx_path: str | Path | None = None, out_path: str | Path | No
         "embedding": "un-normalised (the graph's fc1 output)",
         "input_spec": json.dumps(SFACE_INPUT_SPEC.to_dict()),
     }
-    with atomic_path(out_path) as tmp:
-        safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
-    log.info("converted %s -> %s", src, out_path)
-    return out_path
+    from aikd.backbones.base import save_converted_weights
+
+    return save_converted_weights(state, out_path, metadata, src)
 
 
 def load_sface_weights(model: SFace, path: str | Path) -> SFace:
