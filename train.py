@@ -1,6 +1,6 @@
 """Hydra entry point: ``python train.py [group=option ...] [key=value ...]``.
 
-Composes ``conf/train.yaml`` and runs the pipeline (see ``aikd.pipeline``). With no arguments it runs the demo
+Composes ``conf/train.yaml`` and runs the pipeline (see ``aikd.app.pipeline``). With no arguments it runs the demo
 end to end on generated faces. Examples::
 
     python train.py                                   # demo, no download
@@ -23,8 +23,8 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Run the pipeline; return the optimised metric (for sweepers) when one is configured."""
-    from aikd.pipeline import run
-    from aikd.validate import ConfigError
+    from aikd.app.pipeline import run
+    from aikd.app.validate import ConfigError
 
     try:
         results = run(cfg)
@@ -49,7 +49,7 @@ if __name__ == "__main__":
         main()
     except SystemExit as exc:
         if exc.code == 1:  # Hydra refused the command line (or the run failed): explain misspelt keys
-            from aikd.validate import override_hints
+            from aikd.app.validate import override_hints
 
             for hint in override_hints(sys.argv[1:], Path(__file__).resolve().parent / "conf"):
                 print(f"hint: {hint}", file=sys.stderr)

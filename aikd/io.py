@@ -6,7 +6,7 @@ half-written file that a later run would trust.
 
 Every cache (trained teachers, backbone features, teacher scores, landmarks, converted FaceNet/SFace weights,
 generated faces) lives under one root, :func:`cache_root`. Outside a pipeline run that is ``$AIKD_CACHE`` or
-``~/.cache/aikd``. A pipeline run uses its config's ``paths.cache_dir`` instead: :func:`aikd.pipeline.run` passes it
+``~/.cache/aikd``. A pipeline run uses its config's ``paths.cache_dir`` instead: :func:`aikd.app.pipeline.run` passes it
 explicitly where the call chain is short (teacher, teacher scores, features) and wraps the run in
 :func:`use_cache_root` for the caches reached through long chains of configured objects (a data source that
 detects missing landmarks, a backbone whose ``weights="default"`` are converted on first use), so that overriding

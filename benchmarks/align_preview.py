@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 
-from aikd.align import Canvas, Geometry, fit_residual
 from aikd.config import list_options, load_option
 from aikd.data.cfp import read_cfp
 from aikd.data.dataset import AlignedFaces, collate_faces, read_image
+from aikd.evaluation.preview import alignment_preview, save_figure
+from aikd.geometry.align import Canvas, Geometry, fit_residual
 from aikd.io import write_json
-from aikd.viz import alignment_preview, save_figure
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from aikd.backbones import create_backbone, list_backbones
+from aikd.models.backbones import create_backbone, list_backbones
 
 
 def main(argv: list[str] | None = None) -> None:

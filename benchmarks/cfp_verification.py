@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aikd.align import Canvas, Geometry
-from aikd.backbones import create_backbone
-from aikd.cache import RowCache, cache_key, dataset_fingerprint, fill_cache
 from aikd.data.cfp import read_cfp, read_cfp_pairs
 from aikd.data.dataset import centre_landmarks, read_image
 from aikd.evaluation.runner import comparison_scores
 from aikd.evaluation.verification import kfold_accuracy
+from aikd.geometry.align import Canvas, Geometry
+from aikd.geometry.misalign import MisalignParams, misalign
 from aikd.io import cache_dir, write_json
-from aikd.misalign import MisalignParams, misalign
-from aikd.teacher import module_fingerprint
+from aikd.models.backbones import create_backbone
+from aikd.models.teacher import module_fingerprint
+from aikd.training.cache import RowCache, cache_key, dataset_fingerprint, fill_cache
 
 
 def main(argv: list[str] | None = None) -> dict:

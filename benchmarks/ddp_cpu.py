@@ -101,14 +101,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
-    from aikd.align import Canvas, Geometry
-    from aikd.cache import teacher_score_cache
     from aikd.data import FaceDataModule, FolderSource
-    from aikd.distributed import distributed_teacher_score_caches
-    from aikd.misalign import LandmarkJitter
-    from aikd.modules import DistillModule
-    from aikd.student import Student
-    from aikd.teacher import TEACHERS, create_teacher
+    from aikd.geometry.align import Canvas, Geometry
+    from aikd.geometry.misalign import LandmarkJitter
+    from aikd.models.student import Student
+    from aikd.models.teacher import TEACHERS, create_teacher
+    from aikd.training import DistillModule
+    from aikd.training.cache import teacher_score_cache
+    from aikd.training.distributed import distributed_teacher_score_caches
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="aikd-ddp-bench-"))
     n_val_ids = max(2, args.n_train // 8 // 8)

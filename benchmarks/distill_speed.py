@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from aikd.export import load_student
-    from aikd.teacher import load_teacher
+    from aikd.models.teacher import load_teacher
+    from aikd.serving.export import load_student
 
     meta = json.loads((args.run / "teacher.json").read_text())
     teacher = load_teacher(meta["file"]).freeze()
@@ -73,9 +73,9 @@ def _training_throughput(args: argparse.Namespace, teacher) -> dict:  # noqa: AN
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from aikd.cache import teacher_score_cache
     from aikd.io import cache_dir
-    from aikd.modules import DistillModule
+    from aikd.training import DistillModule
+    from aikd.training.cache import teacher_score_cache
 
     cfg = OmegaConf.load(args.run / ".hydra" / "config.yaml")
     dm = instantiate(cfg.data, _convert_="partial")
@@ -83,7 +83,7 @@ def _training_throughput(args: argparse.Namespace, teacher) -> dict:  # noqa: AN
     dm.sources["val"] = None
     res = {}
     for mode in ("cache", "online"):
-        from aikd.pipeline import build_student_from_config
+        from aikd.app.pipeline import build_student_from_config
 
         student = build_student_from_config(cfg, teacher)
         module = DistillModule(

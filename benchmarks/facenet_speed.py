@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 import torch
 
-from aikd.align import Geometry, align_image
-from aikd.backbones.facenet import facenet, opencv_facenet_embed
+from aikd.geometry.align import Geometry, align_image
 from aikd.io import data_root
+from aikd.models.backbones.facenet import facenet, opencv_facenet_embed
 
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 

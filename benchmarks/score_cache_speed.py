@@ -33,11 +33,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from aikd.align import Canvas
-    from aikd.cache import feature_cache, teacher_score_cache
     from aikd.data import CFPSource
+    from aikd.geometry.align import Canvas
     from aikd.io import data_root
-    from aikd.teacher import create_teacher
+    from aikd.models.teacher import create_teacher
+    from aikd.training.cache import feature_cache, teacher_score_cache
 
     root = data_root()
     if root is None:

@@ -29,10 +29,10 @@ import cv2
 import numpy as np
 import torch
 
-from aikd.align import align_image
-from aikd.backbones.sface import SFACE_INPUT_SPEC, SFaceOnnx, run_original_sface, sface
+from aikd.faces.yunet import YuNet
+from aikd.geometry.align import align_image
 from aikd.io import data_root
-from aikd.yunet import YuNet
+from aikd.models.backbones.sface import SFACE_INPUT_SPEC, SFaceOnnx, run_original_sface, sface
 
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from aikd.align import Geometry, align_image
 from aikd.data.synthetic import SyntheticFaces
+from aikd.geometry.align import Geometry, align_image
 
 
 def _faces(gen: SyntheticFaces, indices: range, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

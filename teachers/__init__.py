@@ -1,6 +1,6 @@
-"""Bundled teacher plug-ins. Importing this package registers them with :data:`aikd.teacher.TEACHERS`.
+"""Bundled teacher plug-ins. Importing this package registers them with :data:`aikd.models.teacher.TEACHERS`.
 
-Adding a teacher: one file here (a :class:`aikd.teacher.Teacher` subclass decorated with
+Adding a teacher: one file here (a :class:`aikd.models.teacher.Teacher` subclass decorated with
 ``@register_teacher("name")``, which also sets its ``name``; a teacher trained here declares its training objective
 in the same file, ``objective = ...``, see ``ri.py``) and one ``conf/teacher/<name>.yaml``. Every module of this
 package is imported here (files starting with ``_`` excepted), so a new file needs no import line; the

@@ -1,14 +1,15 @@
 """AdaFace (Kim et al., CVPR 2022): quality = the L2 norm of the un-normalised face embedding.
 
 AdaFace uses the feature norm as a proxy of image quality *inside* its loss: the margin adapts to the norm's
-batch-normalised value ``z`` (see :class:`aikd.losses.AdaFaceHead`), which teaches the network a norm that rises
-with recognisability. The teacher reads that norm off. Two ways to get one:
+batch-normalised value ``z`` (see :class:`aikd.training.losses.AdaFaceHead`), which teaches the network a norm that
+rises with recognisability. The teacher reads that norm off. Two ways to get one:
 
-* train it here (its objective is :class:`aikd.losses.AdaFaceObjective`): a registered backbone (frozen by
+* train it here (its objective is :class:`aikd.training.losses.AdaFaceObjective`): a registered backbone (frozen by
   default) + a ``Linear + BatchNorm`` projection trained under the AdaFace head;
 * load an official AdaFace checkpoint (``checkpoint=<file>.ckpt``, ``arch=ir_50`` or ``ir_101``): the IR network
   without its margin head. AdaFace networks take **BGR** faces in ``[-1, 1]``; that is part of the IR backbone's
-  :class:`~aikd.preprocess.InputSpec`, so callers still hand over canonical RGB faces and the flip happens inside.
+  :class:`~aikd.geometry.preprocess.InputSpec`, so callers still hand over canonical RGB faces and the flip happens
+  inside.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from aikd.losses import AdaFaceObjective
-from aikd.teacher import EmbeddingTeacher, register_teacher
+from aikd.models.teacher import EmbeddingTeacher, register_teacher
+from aikd.training.losses import AdaFaceObjective
 
 
 @register_teacher("adaface")
@@ -27,7 +28,7 @@ class AdaFaceTeacher(EmbeddingTeacher):
 
     Args:
         backbone, backbone_weights, backbone_kwargs, projection_dim, trainable_backbone: see
-            :class:`aikd.teacher.EmbeddingTeacher` (used when training here).
+            :class:`aikd.models.teacher.EmbeddingTeacher` (used when training here).
         checkpoint: an official AdaFace checkpoint (Lightning ``.ckpt`` with ``model.*`` keys, or a bare IR state
             dict); overrides ``backbone`` and ``projection_dim``.
         arch: its architecture, ``"ir_18"``, ``"ir_50"`` or ``"ir_101"`` (``None`` infers it from the file).
@@ -47,7 +48,7 @@ class AdaFaceTeacher(EmbeddingTeacher):
         arch: str | None = None,
     ) -> None:
         if checkpoint is not None:
-            from aikd.backbones.checkpoints import load_adaface
+            from aikd.models.backbones.checkpoints import load_adaface
 
             net = load_adaface(checkpoint, arch)
             arch = str(getattr(net, "arch", None) or arch)

@@ -3,7 +3,7 @@ the sample's certainty ratio CCS / (NNCCS + 1 + eps) under an angular-margin sof
 
 Two ways to get one:
 
-* train it here (its objective is :class:`aikd.losses.CRFIQAObjective`): any registered backbone (frozen,
+* train it here (its objective is :class:`aikd.training.losses.CRFIQAObjective`): any registered backbone (frozen,
   partly or fully trainable) + a ``Linear + BatchNorm`` projection + the ``qs`` head;
 * load an official CR-FIQA checkpoint (``checkpoint=<step>backbone.pth``, ``arch=iresnet50|iresnet100``): the
   iResNet with its ``qs`` head, no projection.
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aikd.losses import CRFIQAObjective
-from aikd.teacher import EmbeddingTeacher, register_teacher
+from aikd.models.teacher import EmbeddingTeacher, register_teacher
+from aikd.training.losses import CRFIQAObjective
 
 
 @register_teacher("crfiqa")
@@ -23,7 +23,7 @@ class CRFIQATeacher(EmbeddingTeacher):
 
     Args:
         backbone, backbone_weights, backbone_kwargs, projection_dim, trainable_backbone: see
-            :class:`aikd.teacher.EmbeddingTeacher`.
+            :class:`aikd.models.teacher.EmbeddingTeacher`.
         checkpoint: an official CR-FIQA backbone checkpoint (overrides ``backbone``/``projection_dim``).
         arch: its architecture, ``"iresnet50"`` or ``"iresnet100"`` (``None``: inferred from the file).
     """
@@ -41,7 +41,7 @@ class CRFIQATeacher(EmbeddingTeacher):
         arch: str | None = None,
     ) -> None:
         if checkpoint is not None:
-            from aikd.backbones.checkpoints import load_crfiqa
+            from aikd.models.backbones.checkpoints import load_crfiqa
 
             net, head = load_crfiqa(checkpoint, arch)
             arch = str(getattr(net, "arch", None) or arch)

@@ -8,10 +8,10 @@ their own calibrations:
 * ``mode="rank"`` (default): the mean of the members' ECDF-calibrated scores (0..100). An ECDF calibration is the
   member's empirical CDF on its reference set, so this is a rank average: "on average, better than x% of the
   reference faces". Every member must carry an ``ecdf`` calibration (teachers obtained through
-  :func:`aikd.teacher_fit.obtain_teacher` do). The result is already on 0..100.
+  :func:`aikd.training.teacher_fit.obtain_teacher` do). The result is already on 0..100.
 * ``mode="zscore"``: the mean of ``(raw - centre) / scale`` per member, a robust z-score. ``centre``/``scale`` come
   from the member's calibration: a ``logistic`` calibration's own parameters, or, for an ``ecdf`` one, the median
-  and ``IQR / (2 ln 3)`` of its quantile knots - the same convention as :meth:`aikd.calibration.Calibration.fit`
+  and ``IQR / (2 ln 3)`` of its quantile knots - the same convention as :meth:`aikd.models.calibration.Calibration.fit`
   with ``kind="logistic"``, so both give the same z for a member fitted on the same scores. Unlike rank averaging
   it keeps how far apart faces are (an outstanding face in one member counts more than a marginal one), but is
   sensitive to skewed score distributions.
@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from aikd.calibration import Calibration
-from aikd.preprocess import InputSpec
-from aikd.teacher import TEACHERS, Teacher, TeacherOutput, create_teacher, register_teacher
+from aikd.geometry.preprocess import InputSpec
+from aikd.models.calibration import Calibration
+from aikd.models.teacher import TEACHERS, Teacher, TeacherOutput, create_teacher, register_teacher
 
 __all__ = ["EnsembleTeacher", "ENSEMBLE_MODES", "calibration_centre_scale"]
 
@@ -84,7 +84,7 @@ class EnsembleTeacher(Teacher):
     Args:
         members: one dict per member: ``{"name": <registered teacher>, "weights": <teacher file> | None,
             "calibration": <calibration dict> | None, "input_spec_override": <input spec dict> | None, **kwargs}``.
-            The member is built with :func:`aikd.teacher.create_teacher` (from ``weights``, or from ``kwargs``),
+            The member is built with :func:`aikd.models.teacher.create_teacher` (from ``weights``, or from ``kwargs``),
             then ``calibration`` (if given) replaces its calibration and ``input_spec_override`` (if given) its
             input spec - the latter is how a saved ensemble restores members exactly; users rarely need it.
         mode: ``"rank"`` or ``"zscore"`` (see the module docstring).
@@ -176,7 +176,8 @@ class EnsembleTeacher(Teacher):
         needed = ("ecdf",) if self.mode == "rank" else ("ecdf", "logistic")
         if kind not in needed:
             how = (
-                "teachers from aikd.teacher_fit.obtain_teacher carry an ecdf calibration; otherwise give the member "
+                "teachers from aikd.training.teacher_fit.obtain_teacher carry an ecdf calibration; otherwise give the "
+                "member "
                 "'calibration': Calibration.fit(<its raw scores on a reference set>, kind='ecdf').to_dict()"
             )
             raise ValueError(

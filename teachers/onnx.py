@@ -5,16 +5,16 @@ one format through which a method aikd does not implement can still teach a stud
 file is *how* the model wants its faces, so the config declares it:
 
 * ``input_spec``: the crop geometry (``{size, template}``), colour order, ``mean``/``std``, ``value_range`` and
-  ``standardize`` (see :meth:`aikd.preprocess.InputSpec.from_dict`). Canonical faces are cut with that geometry by
-  the caller and normalised with :meth:`~aikd.preprocess.InputSpec.normalize` here, before onnxruntime;
+  ``standardize`` (see :meth:`aikd.geometry.preprocess.InputSpec.from_dict`). Canonical faces are cut with that geometry
+  by the caller and normalised with :meth:`~aikd.geometry.preprocess.InputSpec.normalize` here, before onnxruntime;
 * ``quality_output``: which output is the quality (name or index), and ``quality_transform``: ``"identity"`` (the
   output is the score), ``"norm"`` (the L2 norm of that output, for norm-based models such as MagFace exported
   with their un-normalised embedding) or ``"negate"`` (for models where *lower* means better);
 * ``embedding_output``: optionally an output used as the teacher embedding.
 
 The teacher has no torch parameters. Its identity is the file's content: the SHA-256 of the file is recorded in
-the config (so it enters :attr:`~aikd.teacher.Teacher.fingerprint` and the teacher-score caches keyed by it), and a
-teacher rebuilt from a saved teacher file refuses to run if the ONNX file at ``path`` has changed since. Where the
+the config (so it enters :attr:`~aikd.models.teacher.Teacher.fingerprint` and the teacher-score caches keyed by it), and
+a teacher rebuilt from a saved teacher file refuses to run if the ONNX file at ``path`` has changed since. Where the
 file lives and which execution providers run it do not change the fingerprint.
 """
 
@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aikd.geometry.preprocess import InputSpec
 from aikd.io import atomic_path, sha256_file
-from aikd.preprocess import InputSpec
-from aikd.teacher import Teacher, TeacherOutput, module_fingerprint, register_teacher
+from aikd.models.teacher import Teacher, TeacherOutput, module_fingerprint, register_teacher
 
 __all__ = ["ONNXTeacher", "QUALITY_TRANSFORMS", "export_example_model", "EXAMPLE_INPUT_SPEC"]
 
@@ -73,7 +73,7 @@ class ONNXTeacher(Teacher):
 
     Args:
         path: the ``.onnx`` file.
-        input_spec: the model's input contract, an :class:`~aikd.preprocess.InputSpec` or its dict form.
+        input_spec: the model's input contract, an :class:`~aikd.geometry.preprocess.InputSpec` or its dict form.
         quality_output: name or index of the output holding the quality.
         embedding_output: name or index of an output to use as the embedding ``(B, D)``, or ``None``.
         quality_transform: ``"identity"``, ``"norm"`` or ``"negate"`` (see the module docstring).

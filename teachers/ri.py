@@ -4,19 +4,20 @@ embedding lies from the cluster of unrecognisable faces, weighted by how clearly
 No official code or weights exist, so the teacher is trained here, and this file holds all of it: the model
 (:class:`RITeacher`: a registered backbone, frozen by default, + a ``Linear + BatchNorm`` projection + a
 ``Linear(embedding, 1)`` RI head) and its objective (:class:`RIObjective`, under an ArcFace head over the training
-identities), which ``aikd.teacher_fit.train_teacher`` runs like any other. The forms used (documented in
-:mod:`aikd.losses`):
+identities), which ``aikd.training.teacher_fit.train_teacher`` runs like any other. The forms used (documented in
+:mod:`aikd.training.losses`):
 
-* **UI centre** (:func:`aikd.losses.ui_centre`): the normalised mean of the normalised embeddings of training
-  faces degraded beyond recognition (``aikd.degrade.make_unrecognisable``; ``fit.ui_size`` of them, 512 by
+* **UI centre** (:func:`aikd.training.losses.ui_centre`): the normalised mean of the normalised embeddings of training
+  faces degraded beyond recognition (``aikd.data.degrade.make_unrecognisable``; ``fit.ui_size`` of them, 512 by
   default; :meth:`RIObjective.prepare` computes their backbone features once). It is recomputed through the
   current projection at every step, since the projection is what trains.
-* **RI target** (:func:`aikd.losses.recognizability_index`), detached:
+* **RI target** (:func:`aikd.training.losses.recognizability_index`), detached:
   ``RI_i = (1 - cos(x_i, c_UI)) * CCS_i / (NNCCS_i + 1 + eps)`` - the distance from the UI centre times CR-FIQA's
   certainty ratio (paper form) from the ArcFace class cosines.
-* **Loss** (:func:`aikd.losses.ri_loss`): ``CE(ArcFace logits) + lam * SmoothL1_0.75(RI head, RI target)
+* **Loss** (:func:`aikd.training.losses.ri_loss`): ``CE(ArcFace logits) + lam * SmoothL1_0.75(RI head, RI target)
   + w * L_ID``, where the index-diversion hinge ``L_ID`` pushes the embeddings of samples with a below-average
-  predicted RI to cosine distance >= ``ri_margin`` (0.5) from the UI centre (:func:`aikd.losses.index_diversion_loss`).
+  predicted RI to cosine distance >= ``ri_margin`` (0.5) from the UI centre
+  (:func:`aikd.training.losses.index_diversion_loss`).
 
 At inference the quality is the RI head's raw output (higher = more recognisable); it needs no labels.
 """
@@ -30,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from aikd.losses import (
+from aikd.models.teacher import EmbeddingTeacher, register_teacher
+from aikd.training.losses import (
     FitContext,
     HeadOutput,
     TeacherObjective,
@@ -39,7 +41,6 @@ from aikd.losses import (
     ri_loss,
     ui_centre,
 )
-from aikd.teacher import EmbeddingTeacher, register_teacher
 
 
 def unrecognisable_features(
@@ -50,9 +51,9 @@ def unrecognisable_features(
     The faces are drawn at random (``seed``) among those with landmarks - the rows the training data reads - and
     cut with the teacher's own geometry, so the UI cluster lives where the training embeddings do.
     """
-    from aikd.align import crop
     from aikd.data.dataset import face_loader
-    from aikd.degrade import make_unrecognisable
+    from aikd.data.degrade import make_unrecognisable
+    from aikd.geometry.align import crop
 
     usable = np.flatnonzero(index.has_landmarks)
     rng = np.random.default_rng(seed)
@@ -149,7 +150,7 @@ class RITeacher(EmbeddingTeacher):
 
     Args:
         backbone, backbone_weights, backbone_kwargs, projection_dim, trainable_backbone: see
-            :class:`aikd.teacher.EmbeddingTeacher`.
+            :class:`aikd.models.teacher.EmbeddingTeacher`.
     """
 
     objective = RIObjective

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from aikd.align import Geometry, template_points
+from aikd.geometry.align import Geometry, template_points
 
 # One thread: tests are many small ops, where thread start-up and oversubscription (with loader workers or a
 # busy machine) cost more than they save.

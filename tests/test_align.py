@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import dot_image, random_landmarks
 
-from aikd.align import (
+from aikd.geometry.align import (
     TEMPLATES,
     Canvas,
     Geometry,

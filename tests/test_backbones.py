@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from aikd.backbones import FaceBackbone, create_backbone, list_backbones
-from aikd.backbones import checkpoints as ck
+from aikd.models.backbones import FaceBackbone, create_backbone, list_backbones
+from aikd.models.backbones import checkpoints as ck
 
 #: Above this many parameters a CPU forward takes seconds here (iResNet-50: ~6 GFLOPs per face, iResNet-100 /
 #: IR-101: ~12), so the contract test runs one face once and skips the repeated forwards. Eval-mode determinism

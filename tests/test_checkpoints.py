@@ -19,15 +19,15 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 import aikd.config  # noqa: F401  (resolvers)
-from aikd.align import Canvas, Geometry
-from aikd.cache import teacher_score_cache
-from aikd.callbacks import FinalStepCheckpoint, WarmupEMA
 from aikd.data import FaceDataModule, FolderSource
-from aikd.export import export_student, load_student
-from aikd.misalign import LandmarkJitter
-from aikd.modules import DistillModule
-from aikd.student import Student
-from aikd.teacher import TEACHERS, create_teacher
+from aikd.geometry.align import Canvas, Geometry
+from aikd.geometry.misalign import LandmarkJitter
+from aikd.models.student import Student
+from aikd.models.teacher import TEACHERS, create_teacher
+from aikd.serving.export import export_student, load_student
+from aikd.training import DistillModule
+from aikd.training.cache import teacher_score_cache
+from aikd.training.callbacks import FinalStepCheckpoint, WarmupEMA
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 CANVAS = Canvas(size=96, face=Geometry(size=64))

@@ -66,8 +66,8 @@ def test_data_options(compose_cfg: Callable[..., DictConfig], option: str) -> No
 
 @pytest.mark.parametrize("option", _options("misalign"))
 def test_misalign_options(compose_cfg: Callable[..., DictConfig], option: str) -> None:
-    from aikd.align import Geometry
-    from aikd.misalign import Misalignment
+    from aikd.geometry.align import Geometry
+    from aikd.geometry.misalign import Misalignment
 
     module = instantiate(compose_cfg(f"misalign={option}").misalign)
     assert isinstance(module, Misalignment)
@@ -78,8 +78,8 @@ def test_misalign_options(compose_cfg: Callable[..., DictConfig], option: str) -
 
 @pytest.mark.parametrize("option", _options("teacher"))
 def test_teacher_options(compose_cfg: Callable[..., DictConfig], option: str) -> None:
-    from aikd.teacher import TEACHERS
-    from aikd.teacher_fit import TeacherSpec
+    from aikd.models.teacher import TEACHERS
+    from aikd.training.teacher_fit import TeacherSpec
 
     cfg = compose_cfg(f"teacher={option}")
     if "???" in OmegaConf.to_yaml(cfg.teacher):  # official checkpoints, ONNX files, ensemble members
@@ -94,9 +94,9 @@ def test_teacher_options(compose_cfg: Callable[..., DictConfig], option: str) ->
 
 @pytest.mark.parametrize("option", _options("student"))
 def test_student_options(compose_cfg: Callable[..., DictConfig], option: str) -> None:
-    from aikd.pipeline import build_student_from_config
-    from aikd.student import Student
-    from aikd.teacher import TEACHERS, create_teacher
+    from aikd.app.pipeline import build_student_from_config
+    from aikd.models.student import Student
+    from aikd.models.teacher import TEACHERS, create_teacher
 
     cfg = compose_cfg(f"student={option}", "student.backbone_weights=null")
     assert isinstance(cfg.student.from_teacher, bool)  # every student says whether it copies the teacher
@@ -114,9 +114,9 @@ def test_student_options(compose_cfg: Callable[..., DictConfig], option: str) ->
 
 @pytest.mark.parametrize("option", _options("model"))
 def test_model_options(compose_cfg: Callable[..., DictConfig], option: str) -> None:
-    from aikd.misalign import NoMisalign
-    from aikd.modules import DistillModule
-    from aikd.student import Student
+    from aikd.geometry.misalign import NoMisalign
+    from aikd.models.student import Student
+    from aikd.training import DistillModule
 
     cfg = compose_cfg(f"model={option}")
     student = Student("timm/test_byobnet", backbone_kwargs={"input_size": 64, "embedding_dim": 16}, hidden=8)
@@ -184,7 +184,7 @@ def test_evaluation_options(compose_cfg: Callable[..., DictConfig], option: str)
 
 @pytest.mark.parametrize("option", _options("experiment"))
 def test_experiments_compose_and_resolve(compose_cfg: Callable[..., DictConfig], option: str) -> None:
-    from aikd.pipeline import STAGES
+    from aikd.app.pipeline import STAGES
 
     cfg = compose_cfg(f"experiment={option}")
     for key, node in cfg.items():  # every interpolation resolves (the hydra node is only complete inside a run)

@@ -37,7 +37,7 @@ def test_sweep_directories_and_summary_callback(compose_train: Callable[..., Dic
     excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
     assert {"seed", "paths.data_dir", "paths.cache_dir", "paths.log_dir"} <= excluded
     cb = cfg.hydra.callbacks.sweep_summary
-    assert cb._target_ == "aikd.sweep.SweepSummary"
+    assert cb._target_ == "aikd.app.sweep.SweepSummary"
     assert type(instantiate(cb)).__name__ == "SweepSummary"
 
 
@@ -101,7 +101,7 @@ def test_optuna_trial_overrides_compose(compose_train: Callable[..., DictConfig]
         ["hparams_search=optuna", "model.optimizer.lr=0.0005", "model.embedding_weight=0.3", "misalign=affine"]
     )
     assert cfg.model.optimizer.lr == 0.0005 and cfg.model.embedding_weight == 0.3
-    assert cfg.misalign._target_ == "aikd.misalign.RandomAffine"
+    assert cfg.misalign._target_ == "aikd.geometry.misalign.RandomAffine"
 
 
 def test_wandb_logger_preset(compose_train: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch) -> None:

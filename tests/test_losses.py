@@ -1,4 +1,4 @@
-"""aikd.losses against hand-computed examples: margin heads, CR-FIQA, RI, distillation and the OFIQ mapping."""
+"""aikd.training.losses against hand-computed examples: margin heads, CR-FIQA, RI, distillation and the OFIQ mapping."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aikd.losses import (
+from aikd.training.losses import (
     MARGIN_HEADS,
     AdaFaceHead,
     ArcFaceHead,

@@ -9,8 +9,8 @@ from conftest import dot_image, random_landmarks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aikd.align import TEMPLATES, Canvas, Geometry, align_image, crop, template_points
-from aikd.misalign import (
+from aikd.geometry.align import TEMPLATES, Canvas, Geometry, align_image, crop, template_points
+from aikd.geometry.misalign import (
     BoxCrop,
     Compose,
     LandmarkJitter,

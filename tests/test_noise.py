@@ -15,14 +15,14 @@ import torch
 from conftest import write_folder_dataset
 from torch import nn
 
-from aikd.align import Canvas, Geometry
 from aikd.data import FaceDataModule, FolderSource, SyntheticSource, all_pairs, read_folder
 from aikd.evaluation import EDCWarning
 from aikd.evaluation.runner import AttributeQuality, evaluate
-from aikd.export import export_student, quiet_exporters
-from aikd.misalign import LandmarkJitter, NoMisalign
-from aikd.preprocess import InputSpec
-from aikd.student import Student
+from aikd.geometry.align import Canvas, Geometry
+from aikd.geometry.misalign import LandmarkJitter, NoMisalign
+from aikd.geometry.preprocess import InputSpec
+from aikd.models.student import Student
+from aikd.serving.export import export_student, quiet_exporters
 
 
 class _PixelEmbedding(nn.Module):
@@ -68,7 +68,7 @@ def test_lightning_cloud_tips_are_filtered_and_other_messages_kept(tmp_path: Pat
     import lightning_utilities.core.rank_zero as rank_zero
     import pytorch_lightning as pl
 
-    import aikd.modules  # noqa: F401  (what every training run imports)
+    import aikd.training  # noqa: F401  (what every training run imports)
 
     messages: list[str] = []
 
@@ -187,10 +187,10 @@ def test_data_configs_use_auto_workers() -> None:
 def test_library_deprecation_notices_are_ignored_and_others_kept() -> None:
     import warnings
 
-    import aikd.callbacks  # noqa: F401  (installs the filters)
+    import aikd.training.callbacks  # noqa: F401  (installs the filters)
 
     with warnings.catch_warnings(record=True) as seen:
-        aikd.callbacks.silence_lightning_tips()  # catch_warnings reset the filters: install them again inside
+        aikd.training.callbacks.silence_lightning_tips()  # catch_warnings reset the filters: install them again inside
         warnings.warn("'set_vital' is deprecated, please do not call", UserWarning, stacklevel=1)
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning, stacklevel=1)
         warnings.simplefilter("always", UserWarning)

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 import aikd.config  # noqa: F401  (resolvers)
-from aikd.pipeline import run
+from aikd.app.pipeline import run
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -66,7 +66,7 @@ def test_every_cache_of_a_run_lives_under_paths_cache_dir(tmp_path: Path, monkey
     its training-set scores (calibration), the distillation's teacher scores, the generated faces and anything a
     stage asks `aikd.io.cache_dir` for (landmarks, converted weights) land under A, nothing under B."""
     from aikd import io
-    from aikd.pipeline import STAGES
+    from aikd.app.pipeline import STAGES
 
     env_root = tmp_path / "B"
     monkeypatch.setenv("AIKD_CACHE", str(env_root))

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from aikd.teacher import TEACHERS, Teacher
+from aikd.models.teacher import TEACHERS, Teacher
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -55,8 +55,8 @@ def test_readme_trainable_teacher_is_one_file_and_one_yaml_that_train(monkeypatc
     from omegaconf import OmegaConf
 
     from aikd.config import load_option
-    from aikd.modules import TeacherTrainingModule
-    from aikd.teacher import EmbeddingTeacher
+    from aikd.models.teacher import EmbeddingTeacher
+    from aikd.training import TeacherTrainingModule
 
     (code,) = _trainable_section_blocks("python")
     (conf,) = _trainable_section_blocks("yaml")

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from aikd.align import Canvas, Geometry, template_points
 from aikd.data import DataError, FaceDataModule
 from aikd.data.dataset import read_image
 from aikd.data.recordio import (
@@ -29,6 +28,7 @@ from aikd.data.recordio import (
     unpack_payload,
     write_insightface_recordio,
 )
+from aikd.geometry.align import Canvas, Geometry, template_points
 
 LABELS = [0, 0, 0, 1, 1, 2, 2, 2, 2]  # 3 identities, consecutive as insightface writes them
 
@@ -150,7 +150,7 @@ def test_torch_dataset_streams_items_and_pickles(rec_file: tuple[Path, list[np.n
 
 
 def test_source_datamodule_batch_and_canvas(rec_file: tuple[Path, list[np.ndarray]]) -> None:
-    from aikd.misalign import MisalignParams, misalign
+    from aikd.geometry.misalign import MisalignParams, misalign
 
     rec, images = rec_file
     source = RecordIOSource(str(rec), identities=(0, 1))  # the first two identities: 5 images

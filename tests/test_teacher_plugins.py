@@ -15,11 +15,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from torch import nn
 
-from aikd.backbones import create_backbone
-from aikd.calibration import Calibration
-from aikd.losses import create_margin_head, magface_ofiq_score
-from aikd.preprocess import InputSpec
-from aikd.teacher import TEACHERS, Teacher, create_teacher, load_teacher, save_teacher
+from aikd.geometry.preprocess import InputSpec
+from aikd.models.backbones import create_backbone
+from aikd.models.calibration import Calibration
+from aikd.models.teacher import TEACHERS, Teacher, create_teacher, load_teacher, save_teacher
+from aikd.training.losses import create_margin_head, magface_ofiq_score
 from teachers.ensemble import calibration_centre_scale
 from teachers.onnx import EXAMPLE_INPUT_SPEC, export_example_model
 
@@ -327,11 +327,11 @@ def test_teacher_configs_name_real_teachers_arguments_and_objectives(path: Path)
     from hydra.utils import instantiate
 
     from aikd.config import load_option
-    from aikd.teacher_fit import FIT_KEYS, TeacherSpec
+    from aikd.training.teacher_fit import FIT_KEYS, TeacherSpec
 
     cfg = OmegaConf.create({"teacher": load_option("teacher", path.stem)})  # resolves in-group defaults
     t = cfg.teacher
-    assert t._target_ == "aikd.teacher_fit.TeacherSpec"
+    assert t._target_ == "aikd.training.teacher_fit.TeacherSpec"
     factory = TEACHERS.get(t.name)
     params = inspect.signature(factory).parameters
     unknown = [k for k in t.build if k not in params]

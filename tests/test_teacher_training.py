@@ -15,12 +15,12 @@ import pytest
 import torch
 from conftest import write_folder_dataset
 
-from aikd.align import Canvas, Geometry
 from aikd.data import FaceDataModule, FolderSource
-from aikd.losses import OBJECTIVES, CRFIQAObjective
-from aikd.modules import TeacherTrainingModule
-from aikd.teacher import TEACHERS, EmbeddingTeacher, create_teacher, list_teachers
-from aikd.teacher_fit import TeacherSpec, obtain_teacher, train_teacher
+from aikd.geometry.align import Canvas, Geometry
+from aikd.models.teacher import TEACHERS, EmbeddingTeacher, create_teacher, list_teachers
+from aikd.training import TeacherTrainingModule
+from aikd.training.losses import OBJECTIVES, CRFIQAObjective
+from aikd.training.teacher_fit import TeacherSpec, obtain_teacher, train_teacher
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 
@@ -133,8 +133,8 @@ ONE_FILE_TEACHER = '''
 
 import torch.nn.functional as F
 
-from aikd.losses import FitContext, TeacherObjective
-from aikd.teacher import EmbeddingTeacher, register_teacher
+from aikd.training.losses import FitContext, TeacherObjective
+from aikd.models.teacher import EmbeddingTeacher, register_teacher
 
 PREPARED: list[int] = []  # what prepare() saw, for the test
 
@@ -193,7 +193,7 @@ def test_a_trainable_teacher_in_one_file_trains_through_train_teacher(
 
 
 def test_obtain_teacher_trains_once_caches_and_reloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import aikd.teacher_fit
+    import aikd.training.teacher_fit
 
     root = write_folder_dataset(tmp_path / "faces", identities=3, per_identity=4, size=96)
     dm = FaceDataModule(train=FolderSource(str(root)), canvas=Canvas(size=96, face=Geometry(size=64)), num_workers=0)
@@ -215,7 +215,7 @@ def test_obtain_teacher_trains_once_caches_and_reloads(tmp_path: Path, monkeypat
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cached teacher should have been reused")
 
-    monkeypatch.setattr(aikd.teacher_fit, "train_teacher", no_training)
+    monkeypatch.setattr(aikd.training.teacher_fit, "train_teacher", no_training)
     second = obtain_teacher(spec, dm, tmp_path / "run2", cache, trainer_kwargs, seed=0)
     assert second.fingerprint == first.fingerprint
     assert second.calibration.to_dict() == first.calibration.to_dict()

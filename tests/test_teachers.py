@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aikd.calibration import Calibration
-from aikd.teacher import (
+from aikd.models.calibration import Calibration
+from aikd.models.teacher import (
     TEACHERS,
     EmbeddingTeacher,
     Teacher,
@@ -118,7 +118,7 @@ def test_user_teacher_plugs_in() -> None:
         name = "test_brightness"
 
         def predict(self, faces):  # noqa: ANN001, ANN202
-            from aikd.teacher import TeacherOutput
+            from aikd.models.teacher import TeacherOutput
 
             return TeacherOutput(faces.mean(dim=(1, 2, 3)), None)
 
@@ -183,7 +183,7 @@ def test_the_decorator_writes_a_teachers_name_once() -> None:
 
     class Unnamed(Teacher):
         def predict(self, faces):  # noqa: ANN001, ANN202
-            from aikd.teacher import TeacherOutput
+            from aikd.models.teacher import TeacherOutput
 
             return TeacherOutput(faces.mean(dim=(1, 2, 3)), None)
 

@@ -140,8 +140,8 @@ def _aligned_crops(root: Path, n: int) -> Path:
     """Aligned 112x112 crops of generated faces (what ``aikd score --aligned`` expects)."""
     import cv2
 
-    from aikd.align import Geometry, align_image
     from aikd.data.synthetic import SyntheticFaces
+    from aikd.geometry.align import Geometry, align_image
 
     gen = SyntheticFaces(n_identities=n, images_per_identity=1, seed=3)
     root.mkdir(parents=True, exist_ok=True)
@@ -323,7 +323,7 @@ def test_installed_package_finds_its_config(user_env: dict[str, str], tmp_path: 
     proc = run(["python", "-c", "import aikd.config as c; print(c.conf_dir()); print(c.project_root())"], cwd, env)
     conf, root = proc.stdout.split()
     assert Path(conf) == site / "aikd" / "conf" and root == "None"
-    proc = run(["python", "-m", "aikd.cli", "evaluate", "--help"], cwd, env)
+    proc = run(["python", "-m", "aikd.app.cli", "evaluate", "--help"], cwd, env)
     assert re.search(r"evaluation: cfp, .*default", proc.stdout) and "misalign: affine" in proc.stdout
 
 

@@ -15,10 +15,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import aikd.config  # noqa: F401  (resolvers)
+from aikd.app.validate import ConfigError, check_attributes, did_you_mean, override_hints, validate_run
 from aikd.data.index import DataError
 from aikd.data.sources import FolderSource, holdout_identities
-from aikd.teacher import TEACHERS, Teacher, TeacherOutput
-from aikd.validate import ConfigError, check_attributes, did_you_mean, override_hints, validate_run
+from aikd.models.teacher import TEACHERS, Teacher, TeacherOutput
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 STAGES = ["prepare", "preview", "teacher", "distill", "evaluate", "export"]
@@ -186,7 +186,7 @@ def test_old_forms_get_the_new_ones(old: str, new: str) -> None:
 
 def test_moved_keys_are_found_by_their_last_part() -> None:
     """The generic "did you mean" finds a key that moved under another parent by its last part."""
-    from aikd.validate import MOVED
+    from aikd.app.validate import MOVED
 
     saved = dict(MOVED)
     MOVED.clear()

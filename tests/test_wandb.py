@@ -23,7 +23,7 @@ def _sha(path: Path) -> str:
 
 def test_offline_wandb_run_has_plots_and_model_artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("wandb")
-    from aikd.pipeline import run
+    from aikd.app.pipeline import run
 
     wandb_dir = tmp_path / "wandb-runs"
     monkeypatch.setenv("WANDB_MODE", "offline")

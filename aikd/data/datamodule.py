@@ -16,10 +16,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from aikd.align import Canvas
 from aikd.data.dataset import AlignedFaces, collate_faces
 from aikd.data.index import FaceIndex
 from aikd.data.sources import FaceSource
+from aikd.geometry.align import Canvas
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Streaming dataset of loose aligned canvases, and a collate function that tolerates bad samples.
 
-Each item is read from disk when asked for (never cached in memory), aligned onto a :class:`~aikd.align.Canvas`
+Each item is read from disk when asked for (never cached in memory), aligned onto a :class:`~aikd.geometry.align.Canvas`
 on the CPU with OpenCV, optionally passed through albumentations photometric augmentations, and returned as
 ``uint8`` (cheap to move to the device). Everything geometric after that - each model's crop, every
 misalignment - happens on the batch, on the device, from the canvas and the ``canvas_from_source`` matrix.
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from aikd.align import Canvas
 from aikd.data.index import DataError, FaceIndex
+from aikd.geometry.align import Canvas
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def _exists(path: str) -> bool:
 def centre_landmarks(height: int, width: int, canvas: Canvas) -> np.ndarray:
     """Landmarks that frame the whole image like the canvas' face crop: for datasets of pre-cropped faces."""
     fh, fw = canvas.face.hw
-    from aikd.align import template_points
+    from aikd.geometry.align import template_points
 
     pts = template_points(canvas.face)
     return (pts * np.array([width / fw, height / fh])).astype(np.float32)
@@ -64,7 +64,7 @@ class AlignedFaces(Dataset):
         index: the images, labels and landmarks.
         canvas: the canvas every face is aligned onto.
         transform: optional albumentations-style callable ``transform(image=HWC uint8) -> {"image": ...}`` run on
-            the canvas (photometric augmentation; geometric ones belong to :mod:`aikd.misalign`).
+            the canvas (photometric augmentation; geometric ones belong to :mod:`aikd.geometry.misalign`).
         strict: raise on a bad sample instead of skipping it.
         missing_landmarks: what to do with images without landmarks: ``"skip"`` (count and skip), ``"error"``,
             or ``"centre"`` (assume a pre-cropped face filling the image).

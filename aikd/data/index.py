@@ -12,7 +12,7 @@ The generic on-disk format (what :func:`read_folder` reads and the synthetic gen
 
 ``path`` is relative to ``root`` with ``/`` separators. Points are image-left eye, image-right eye, nose tip,
 image-left and image-right mouth corner (ArcFace template order). Empty landmark fields, or images without a
-row, mean "no landmarks yet" (a detector can fill them in, see :mod:`aikd.landmarks`). Extra columns are kept
+row, mean "no landmarks yet" (a detector can fill them in, see :mod:`aikd.faces.landmarks`). Extra columns are kept
 as attributes.
 """
 

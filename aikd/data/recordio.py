@@ -500,8 +500,8 @@ class RecordIOSource:
                 raise DataError(f"RecordIO data set file not found: {p} (set data.train.rec to the train.rec path)")
 
     def load(self) -> FaceIndex:
-        from aikd.align import Geometry, template_points
         from aikd.data.sources import select_identities
+        from aikd.geometry.align import Geometry, template_points
 
         reader = RecordIOReader(self.rec, self.idx)
         layout = insightface_layout(reader)

@@ -50,7 +50,7 @@ def _fill_landmarks(index: FaceIndex, detect: bool, detector: str = "mtcnn") -> 
     """Detect (cached) the landmarks ``index`` lacks with the detector named ``detector``, when ``detect``."""
     if not detect or index.has_landmarks.all():
         return index
-    from aikd.landmarks import fill_missing_landmarks
+    from aikd.faces.landmarks import fill_missing_landmarks
 
     return fill_missing_landmarks(index, detector=detector)
 
@@ -98,7 +98,7 @@ class FolderSource:
         root: dataset root.
         landmarks: landmarks file relative to ``root`` (or absolute), ``None`` for none.
         detect_missing: run a face detector (cached) for images without landmarks.
-        detector: which one, by name (``"mtcnn"`` or ``"yunet"``, :data:`aikd.landmarks.DETECTORS`). Each keeps
+        detector: which one, by name (``"mtcnn"`` or ``"yunet"``, :data:`aikd.faces.landmarks.DETECTORS`). Each keeps
             its own landmark cache; a dataset whose CSV came from one detector is best completed with the same one,
             since the two place points a few percent of the face apart.
         identities: optional inclusive ``(lo, hi)`` range of identity labels (sorted directory order).
@@ -127,7 +127,7 @@ class FolderSource:
             raise ValueError(f"FolderSource.split must be all, train or val, got {self.split!r}")
         if self.split != "all" and self.holdout is None:
             raise ValueError(f"FolderSource(split={self.split!r}) needs holdout (a fraction or identity names)")
-        from aikd.landmarks import DETECTORS  # late: aikd.landmarks imports aikd.data
+        from aikd.faces.landmarks import DETECTORS  # late: aikd.faces.landmarks imports aikd.data
 
         if self.detector not in DETECTORS:  # fail when the config is built, not after reading the folder
             raise ValueError(f"FolderSource.detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}")

@@ -24,7 +24,7 @@ What the generator models, and why:
   every image size. ``severity = 1 - prod(1 - level)`` combines them.
 * **Exact landmarks**: the 5 points (image-left eye centre, image-right eye centre, nose tip, image-left and
   image-right mouth corner) are projected with the very function that projects the drawn polygons, in pixel
-  coordinates with pixel centres at integers (the :mod:`aikd.align` convention). Drawing is super-sampled
+  coordinates with pixel centres at integers (the :mod:`aikd.geometry.align` convention). Drawing is super-sampled
   (``_SUPERSAMPLE`` x) and box-filtered down, which keeps anti-aliased shapes centred on their geometry to
   a few hundredths of a pixel.
 

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from aikd.align import Canvas, crop
 from aikd.data.dataset import face_loader
 from aikd.data.index import FaceIndex
 from aikd.data.pairs import PairList
 from aikd.evaluation.edc import EDCWarning, evaluate_quality, fr_summary
-from aikd.misalign import Misalignment, MisalignParams, NoMisalign, misalign
-from aikd.preprocess import InputSpec
+from aikd.geometry.align import Canvas, crop
+from aikd.geometry.misalign import Misalignment, MisalignParams, NoMisalign, misalign
+from aikd.geometry.preprocess import InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,12 @@ class QualityMethod:
 
 
 class ModelQuality(QualityMethod):
-    """Any module returning quality first: a :class:`~aikd.teacher.Teacher`, a :class:`~aikd.student.Student`,
-    or a module whose output is ``(B,)`` quality or a tuple/NamedTuple starting with it."""
+    """Any module returning quality first: a :class:`~aikd.models.teacher.Teacher`, a
+    :class:`~aikd.models.student.Student`, or a module whose output is ``(B,)`` quality or a tuple/NamedTuple
+    starting with it."""
 
     def __init__(self, model: nn.Module, input_spec: InputSpec | None = None) -> None:
-        from aikd.teacher import EmbeddingTeacher
+        from aikd.models.teacher import EmbeddingTeacher
 
         self.model = model.eval()
         self.input_spec = input_spec or model.input_spec
@@ -174,7 +175,7 @@ def score_index(
 
     def backbone_key(module: nn.Module) -> str:
         if id(module) not in keys:
-            from aikd.teacher import module_fingerprint
+            from aikd.models.teacher import module_fingerprint
 
             keys[id(module)] = module_fingerprint(module, {"type": type(module).__name__})
         return keys[id(module)]

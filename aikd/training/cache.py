@@ -1,0 +1,515 @@
+"""Per-image caches: model outputs on the properly aligned faces of a dataset, computed once.
+
+Distillation needs what the frozen teacher says about each training face's clean alignment; training a
+quality head on a frozen backbone needs the backbone's embeddings - and so does scoring such a teacher: its
+scores are its head on those cached embeddings, so every head on one backbone costs a single backbone pass.
+None of this depends on the student, the misalignment or the sweep, so aikd computes it once and stores it in a
+directory keyed by
+
+* the model's fingerprint (weights + config),
+* the dataset's image list (root and relative paths, file sizes and modification times, landmarks),
+* the canvas and the model's crop geometry,
+
+so every run and sweep job with the same model and data reuses them, and a changed model or dataset gets a
+new entry. Arrays are memory-mapped ``.npy`` files (memory does not grow with the dataset) with a ``done``
+mask that makes filling them resumable: an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from aikd.data.index import FaceIndex
+from aikd.geometry.align import Canvas
+from aikd.io import write_json
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "RowCache",
+    "TeacherScoreCache",
+    "dataset_fingerprint",
+    "cache_key",
+    "canvas_batch",
+    "feature_cache",
+    "features_root_for",
+    "fill_cache",
+    "fill_scores_from_features",
+    "head_only_scoring",
+    "open_feature_cache",
+    "open_teacher_score_cache",
+    "teacher_scores",
+    "teacher_scores_from_features",
+    "teacher_score_cache",
+]
+
+
+def dataset_fingerprint(index: FaceIndex, stat_files: bool = True) -> str:
+    """Hash of the image list: root, relative paths, landmarks, and file sizes/mtimes when ``stat_files``."""
+    h = hashlib.sha256()
+    h.update(str(Path(index.root).resolve()).encode())
+    for rel in index.paths:
+        h.update(rel.encode())
+        if stat_files:
+            try:
+                st = os.stat(index.root / rel)
+                h.update(f"{st.st_size}:{int(st.st_mtime)}".encode())
+            except OSError:
+                h.update(b"missing")
+    h.update(np.ascontiguousarray(np.nan_to_num(index.landmarks.astype(np.float32), nan=-1.0)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(
+    model_fingerprint: str, data_fingerprint: str, canvas: Canvas, extra: Mapping[str, Any] | None = None
+) -> str:
+    """Directory name of a cache entry."""
+    blob = json.dumps(
+        {
+            "model": model_fingerprint,
+            "data": data_fingerprint,
+            "canvas": {"size": canvas.size, "face": canvas.face.to_dict()},
+            "extra": dict(extra or {}),
+        },
+        sort_keys=True,
+    )
+    return f"{model_fingerprint}-{data_fingerprint}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+
+
+class RowCache:
+    """Memory-mapped per-row arrays with a ``done`` mask.
+
+    Args:
+        directory: the entry's directory.
+        n: number of rows (dataset images).
+        fields: name -> ``(shape per row, dtype)``, e.g.
+            ``{"quality": ((), np.float32), "embedding": ((512,), np.float16)}``.
+        meta: description written to ``meta.json`` on creation.
+
+    Files: ``<field>.npy`` of shape ``(n, *shape)``, ``done.npy`` and ``meta.json``. Opening an existing entry
+    with other sizes is an error that says to delete it.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        n: int,
+        fields: Mapping[str, tuple[tuple[int, ...], Any]],
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.n = int(n)
+        spec = {k: [list(s), np.dtype(d).str] for k, (s, d) in fields.items()}
+        meta_path = self.directory / "meta.json"
+        if meta_path.is_file():
+            stored = json.loads(meta_path.read_text())
+            if stored.get("n") != self.n or stored.get("fields") != spec:
+                raise ValueError(
+                    f"cache {self.directory} holds n={stored.get('n')}, fields={stored.get('fields')} but "
+                    f"n={self.n}, fields={spec} was expected; delete the directory to rebuild it"
+                )
+        else:
+            write_json(meta_path, {"n": self.n, "fields": spec, **dict(meta or {})})
+        self.arrays = {k: self._open(f"{k}.npy", d, (self.n, *s)) for k, (s, d) in fields.items()}
+        self.done = self._open("done.npy", np.bool_, (self.n,))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled (e.g. for spawned DDP workers) by location: memory maps are reopened, never copied.
+        state = dict(self.__dict__)
+        state["arrays"] = {k: (v.shape[1:], v.dtype) for k, v in self.arrays.items()}
+        state["done"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.arrays = {k: self._open(f"{k}.npy", d, (self.n, *s)) for k, (s, d) in state["arrays"].items()}
+        self.done = self._open("done.npy", np.bool_, (self.n,))
+
+    def _open(self, name: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+        path = self.directory / name
+        if not path.is_file():
+            tmp = path.with_name(f".{name}.tmp")
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)  # zero-filled
+            arr.flush()
+            del arr
+            os.replace(tmp, path)
+        arr = np.load(path, mmap_mode="r+")
+        if arr.shape != shape or arr.dtype != np.dtype(dtype):
+            raise ValueError(
+                f"{path}: shape/dtype {arr.shape}/{arr.dtype} != expected {shape}/{np.dtype(dtype)}; delete it"
+            )
+        return arr
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.done.all())
+
+    def todo(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Rows (of ``rows``, default all) still to compute."""
+        rows = np.arange(self.n) if rows is None else np.asarray(rows, dtype=np.int64)
+        return rows[~self.done[rows]]
+
+    def write(self, rows: np.ndarray | Tensor, **values: Tensor | np.ndarray) -> None:
+        """Store values for ``rows``; the rows are marked done after their values are written."""
+        r = np.asarray(rows.cpu() if isinstance(rows, Tensor) else rows, dtype=np.int64)
+        for k, v in values.items():
+            arr = v.detach().float().cpu().numpy() if isinstance(v, Tensor) else np.asarray(v)
+            self.arrays[k][r] = arr.astype(self.arrays[k].dtype)
+        self.done[r] = True
+
+    def flush(self) -> None:
+        for arr in (*self.arrays.values(), self.done):
+            arr.flush()
+
+    def read(self, rows: np.ndarray | Tensor, *names: str) -> tuple[Tensor, ...]:
+        """float32 tensors of ``names`` for ``rows`` (on the rows' device); missing rows are an error."""
+        device = rows.device if isinstance(rows, Tensor) else torch.device("cpu")
+        r = np.asarray(rows.detach().cpu() if isinstance(rows, Tensor) else rows, dtype=np.int64)
+        if not self.done[r].all():
+            raise KeyError(f"cache {self.directory} lacks rows {r[~self.done[r]][:5].tolist()}; fill it first")
+        return tuple(torch.from_numpy(np.asarray(self.arrays[k][r], dtype=np.float32)).to(device) for k in names)
+
+
+def canvas_batch(batch: Mapping[str, Tensor], device: str | torch.device) -> dict[str, Tensor]:
+    """A collated batch of :class:`~aikd.data.dataset.AlignedFaces` as ``compute`` functions receive it: canvases
+    as float in ``[0, 1]`` and the geometry, on ``device`` (shared by :func:`fill_cache` and the DDP predict loop
+    of :mod:`aikd.training.distributed`, so both store the same numbers)."""
+    dev = torch.device(device)
+    return {
+        "image": batch["image"].to(dev).float() / 255.0,
+        "landmarks": batch["landmarks"].to(dev),
+        "canvas_from_source": batch["canvas_from_source"].to(dev),
+        "index": batch["index"].to(dev),
+        "identity": batch["identity"].to(dev),
+    }
+
+
+def fill_cache(
+    cache: RowCache,
+    index: FaceIndex,
+    canvas: Canvas,
+    compute: Callable[[dict[str, Tensor]], Mapping[str, Tensor]],
+    rows: np.ndarray | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    flush_every_s: float = 30.0,
+    progress: bool = True,
+    desc: str = "caching",
+) -> RowCache:
+    """Compute the missing rows of ``cache``: stream canvases of ``index`` and store ``compute(batch)``.
+
+    ``compute`` receives a batch on ``device`` (``image`` as float canvases in ``[0, 1]``, ``landmarks``,
+    ``canvas_from_source``, ``index``) and returns a dict of per-row tensors named like the cache fields.
+    Rows without landmarks or with unreadable images are skipped (they stay not-done). Progress is flushed
+    to disk every ``flush_every_s`` seconds, so an interrupted fill resumes.
+    """
+    from tqdm.auto import tqdm
+
+    from aikd.data.dataset import face_loader
+
+    todo = cache.todo(rows)
+    if len(todo) == 0:
+        return cache
+    loader = face_loader(index, canvas, todo, batch_size=batch_size, num_workers=num_workers)
+    if len(loader.dataset) == 0:
+        return cache
+    dev = torch.device(device)
+    last = time.monotonic()
+    done_before = int(cache.done.sum())
+    log.info(
+        "%s: %d of %d rows to compute (%d cached) in %s",
+        desc,
+        len(loader.dataset),
+        cache.n,
+        done_before,
+        cache.directory,
+    )
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+            if len(batch["index"]) == 0:
+                continue
+            cache.write(batch["index"], **compute(canvas_batch(batch, dev)))
+            if time.monotonic() - last > flush_every_s:
+                cache.flush()
+                last = time.monotonic()
+    cache.flush()
+    return cache
+
+
+class TeacherScoreCache(RowCache):
+    """Teacher quality ``(N,)`` (float32) and embedding ``(N, D)`` (float16) on the clean alignment."""
+
+    def __init__(
+        self, directory: str | Path, n: int, embedding_dim: int | None, meta: Mapping[str, Any] | None = None
+    ) -> None:
+        fields: dict[str, tuple[tuple[int, ...], Any]] = {"quality": ((), np.float32)}
+        if embedding_dim:
+            fields["embedding"] = ((int(embedding_dim),), np.float16)
+        super().__init__(directory, n, fields, meta)
+        self.embedding_dim = embedding_dim
+
+    def lookup(self, rows: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Teacher quality ``(B,)`` and embedding ``(B, D)`` (or ``None``) for dataset rows."""
+        if self.embedding_dim:
+            q, e = self.read(rows, "quality", "embedding")
+            return q, e
+        (q,) = self.read(rows, "quality")
+        return q, None
+
+
+def open_teacher_score_cache(teacher: Any, index: FaceIndex, canvas: Canvas, root: str | Path) -> TeacherScoreCache:
+    """The teacher-score cache entry of ``teacher`` on ``index`` (created empty if new; nothing is computed)."""
+    key = cache_key(
+        teacher.fingerprint, dataset_fingerprint(index), canvas, {"geometry": teacher.input_spec.geometry.to_dict()}
+    )
+    return TeacherScoreCache(
+        Path(root) / key,
+        len(index),
+        teacher.embedding_dim,
+        meta={"teacher": teacher.describe(), "data_root": str(index.root), "n_images": len(index)},
+    )
+
+
+def _score_values(teacher: Any, quality: Tensor, embedding: Tensor | None) -> dict[str, Tensor]:
+    """The fields of a teacher-score cache row: float32 ``quality`` ``(B,)`` and, for teachers with one, the
+    embedding (the same post-processing as a frozen teacher's ``forward``)."""
+    values = {"quality": quality.reshape(-1).float()}
+    if teacher.embedding_dim and embedding is not None:
+        values["embedding"] = embedding.float()
+    return values
+
+
+def teacher_scores(teacher: Any, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The teacher's raw quality (and embedding) of the properly aligned crop of each canvas in ``batch``.
+
+    This is the distillation target, so there is one definition of it: the teacher-score cache stores it
+    (:func:`teacher_score_cache`, and each rank of the DDP pass in :mod:`aikd.training.distributed`) and distillation's
+    online mode computes it per batch (``DistillModule``); a cached run and an online run thus train on the same
+    numbers.
+
+    Args:
+        teacher: the frozen teacher, on the batch's device.
+        batch: ``image`` (float canvases in ``[0, 1]``, e.g. from :func:`canvas_batch`), ``landmarks`` and
+            ``canvas_from_source``.
+
+    Returns:
+        ``{"quality": (B,)}`` plus ``"embedding": (B, D)`` for teachers with an embedding.
+    """
+    from aikd.geometry.align import crop
+
+    geometry = teacher.input_spec.geometry
+    crops = crop(batch["image"], batch["landmarks"], geometry, batch["canvas_from_source"])
+    out = teacher(crops)
+    return _score_values(teacher, out.quality, out.embedding)
+
+
+def head_only_scoring(teacher: Any) -> bool:
+    """Whether ``teacher``'s scores can be computed from cached backbone features with its head alone.
+
+    True for an :class:`~aikd.models.teacher.EmbeddingTeacher` whose backbone is frozen (its weights are the pretrained
+    ones, shared by every head trained on them, so one feature cache serves them all) and whose ``predict`` is
+    the plain ``head(features(faces))`` (a subclass that changes either is scored from images, to be safe).
+    """
+    from aikd.models.teacher import EmbeddingTeacher
+
+    cls = type(teacher)
+    return (
+        isinstance(teacher, EmbeddingTeacher)
+        and teacher.backbone_frozen
+        and cls.predict is EmbeddingTeacher.predict
+        and cls.features is EmbeddingTeacher.features
+    )
+
+
+def teacher_scores_from_features(teacher: Any, features: Tensor) -> dict[str, Tensor]:
+    """:func:`teacher_scores` from the backbone features of the clean crops (``teacher.head`` only, eval mode).
+
+    For a teacher where :func:`head_only_scoring` holds this equals :func:`teacher_scores` on the crops the
+    features were computed from (to float rounding), without running the backbone.
+    """
+    teacher.eval()
+    with torch.no_grad():
+        out = teacher.head(features)
+    return _score_values(teacher, out.quality, out.embedding)
+
+
+def open_feature_cache(
+    teacher: Any, index: FaceIndex, canvas: Canvas, root: str | Path, create: bool = True
+) -> RowCache | None:
+    """The backbone-feature cache entry of ``teacher`` on ``index`` (nothing is computed).
+
+    The key is the backbone's fingerprint (weights, name, input spec), not the teacher's: every head trained on a
+    frozen backbone (CR-FIQA, RI, MagFace-style heads; each new recipe or seed) shares the entry. With
+    ``create=False`` a missing entry gives ``None`` instead of an empty one on disk.
+    """
+    key = cache_key(
+        teacher.backbone_fingerprint(),
+        dataset_fingerprint(index),
+        canvas,
+        {"geometry": teacher.input_spec.geometry.to_dict()},
+    )
+    directory = Path(root) / key
+    if not create and not (directory / "meta.json").is_file():
+        return None
+    return RowCache(
+        directory,
+        len(index),
+        {"features": ((int(teacher.backbone.embedding_dim),), np.float32)},
+        meta={"backbone": teacher.config.get("backbone")},
+    )
+
+
+def feature_cache(
+    teacher: Any,
+    index: FaceIndex,
+    canvas: Canvas,
+    root: str | Path,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    rows: np.ndarray | None = None,
+    progress: bool = True,
+) -> RowCache:
+    """Backbone features of the teacher's clean crops of ``index`` (of ``rows``, default all), cached.
+
+    Only rows whose features are not cached yet go through the backbone.
+    """
+    from aikd.geometry.align import crop
+
+    cache = open_feature_cache(teacher, index, canvas, root)
+    assert cache is not None
+    backbone = teacher.backbone
+    backbone.to(device).eval()
+    geometry = teacher.input_spec.geometry
+
+    def compute(b: dict[str, Tensor]) -> dict[str, Tensor]:
+        crops = crop(b["image"], b["landmarks"], geometry, b["canvas_from_source"])
+        return {"features": backbone(crops)}
+
+    return fill_cache(
+        cache,
+        index,
+        canvas,
+        compute,
+        rows=rows,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        progress=progress,
+        desc="backbone features",
+    )
+
+
+def fill_scores_from_features(
+    cache: RowCache,
+    teacher: Any,
+    features: RowCache,
+    rows: np.ndarray | None = None,
+    device: str | torch.device | None = None,
+    chunk: int = 4096,
+) -> int:
+    """Fill the rows of a teacher-score ``cache`` (of ``rows``, default all) that are still to do and whose
+    backbone ``features`` are cached, with the teacher's head alone; return how many rows were written.
+
+    The head is a few small layers, so this takes milliseconds where the backbone pass takes minutes; rows
+    without cached features are left for the caller. ``device`` defaults to the teacher's.
+    """
+    if device is None:
+        device = next(iter(teacher.parameters()), torch.empty(0)).device
+    todo = cache.todo(rows)
+    todo = todo[features.done[todo]]
+    for s in range(0, len(todo), chunk):
+        part = todo[s : s + chunk]
+        (f,) = features.read(part, "features")
+        cache.write(part, **teacher_scores_from_features(teacher, f.to(device)))
+    cache.flush()
+    return len(todo)
+
+
+def features_root_for(root: str | Path) -> Path:
+    """Default backbone-feature cache root next to a teacher-score cache root: ``<cache>/teacher_scores`` ->
+    ``<cache>/features``, where teacher training (``aikd.training.teacher_fit.train_teacher``) puts its features."""
+    return Path(root).parent / "features"
+
+
+def teacher_score_cache(
+    teacher: Any,
+    index: FaceIndex,
+    canvas: Canvas,
+    root: str | Path,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    features_root: str | Path | None = None,
+    reuse_features: bool = True,
+) -> TeacherScoreCache:
+    """Open (and fill if needed) the teacher-score cache for ``teacher`` on ``index``.
+
+    A teacher whose backbone is frozen (:func:`head_only_scoring`) is scored from the backbone's cached features
+    with its head alone: the features of the missing rows are computed once (and only those not cached yet,
+    e.g. by teacher training), then every head on that backbone - each new recipe, objective or seed - costs
+    milliseconds instead of a backbone pass over the dataset. Other teachers run on the images.
+
+    Args:
+        teacher: the frozen teacher.
+        index: the faces.
+        canvas: the canvas faces are aligned onto.
+        root: the teacher-score cache root (``<cache>/teacher_scores``).
+        batch_size: images per batch of an image pass.
+        num_workers: loader worker processes.
+        device: where the teacher runs.
+        progress: show progress bars.
+        features_root: the backbone-feature cache root (default: :func:`features_root_for` ``root``).
+        reuse_features: ``False`` scores every teacher from images (and writes no feature cache).
+    """
+    cache = open_teacher_score_cache(teacher, index, canvas, root)
+    teacher.to(device)
+    if reuse_features and head_only_scoring(teacher):
+        todo = cache.todo()
+        if len(todo) == 0:
+            return cache
+        features = feature_cache(
+            teacher,
+            index,
+            canvas,
+            features_root_for(root) if features_root is None else features_root,
+            batch_size=batch_size,
+            device=device,
+            num_workers=num_workers,
+            rows=todo,
+            progress=progress,
+        )
+        n = fill_scores_from_features(cache, teacher, features, todo, device=device)
+        log.info(
+            "teacher %s: %d rows scored by the head on cached backbone features (%s)",
+            teacher.name,
+            n,
+            features.directory,
+        )
+        return cache
+    return fill_cache(
+        cache,
+        index,
+        canvas,
+        functools.partial(teacher_scores, teacher),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        progress=progress,
+        desc=f"teacher {teacher.name}",
+    )
