@@ -23,7 +23,8 @@ import torch
 
 from aikd.geometry.align import Geometry, align_image
 from aikd.io import data_root
-from aikd.models.backbones.facenet import facenet, opencv_facenet_embed
+from aikd.models.backbones.facenet import facenet
+from aikd.models.backbones.facenet_reference import opencv_facenet_embed
 
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 

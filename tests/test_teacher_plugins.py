@@ -17,9 +17,9 @@ from torch import nn
 
 from aikd.geometry.preprocess import InputSpec
 from aikd.models.backbones import create_backbone
-from aikd.models.calibration import Calibration
+from aikd.models.calibration import Calibration, magface_ofiq_score
 from aikd.models.teacher import TEACHERS, Teacher, create_teacher, load_teacher, save_teacher
-from aikd.training.losses import create_margin_head, magface_ofiq_score
+from aikd.training.margins import create_margin_head
 from teachers.ensemble import calibration_centre_scale
 from teachers.onnx import EXAMPLE_INPUT_SPEC, export_example_model
 

@@ -19,7 +19,7 @@ from aikd.data import FaceDataModule, FolderSource
 from aikd.geometry.align import Canvas, Geometry
 from aikd.models.teacher import TEACHERS, EmbeddingTeacher, create_teacher, list_teachers
 from aikd.training import TeacherTrainingModule
-from aikd.training.losses import OBJECTIVES, CRFIQAObjective
+from aikd.training.objectives import OBJECTIVES, CRFIQAObjective
 from aikd.training.teacher_fit import TeacherSpec, obtain_teacher, train_teacher
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -133,7 +133,7 @@ ONE_FILE_TEACHER = '''
 
 import torch.nn.functional as F
 
-from aikd.training.losses import FitContext, TeacherObjective
+from aikd.training.objectives import FitContext, TeacherObjective
 from aikd.models.teacher import EmbeddingTeacher, register_teacher
 
 PREPARED: list[int] = []  # what prepare() saw, for the test

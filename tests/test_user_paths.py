@@ -298,7 +298,7 @@ def test_list_command_names_plugins(user_env: dict[str, str], tmp_path: Path) ->
 
 def test_package_list_covers_every_package() -> None:
     """pyproject lists packages explicitly (to ship conf/ as aikd/conf): a new package folder must be listed."""
-    (line,) = re.findall(r"^packages = \[(.*)\]$", (REPO / "pyproject.toml").read_text(), flags=re.M)
+    (line,) = re.findall(r"^packages = \[(.*?)\]$", (REPO / "pyproject.toml").read_text(), flags=re.M | re.S)
     listed = set(re.findall(r'"([^"]+)"', line))
     found = {".".join(p.parent.relative_to(REPO).parts) for p in REPO.glob("aikd/**/__init__.py")}
     found |= {"teachers", "aikd.conf"}

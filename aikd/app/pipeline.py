@@ -554,6 +554,7 @@ def _evaluate(ctx: RunContext) -> None:
         num_workers=int(ecfg.get("num_workers", 0)),
         device=_device(ctx.cfg),
         strict=bool(ecfg.strict),
+        bootstrap=int(ecfg.get("bootstrap", 0)),
         out_dir=out,
         meta={
             "data": str(index.root),
@@ -579,6 +580,8 @@ def _evaluate(ctx: RunContext) -> None:
         "pauc_normalised": summary,
         "fr": {k: res.fr[k] for k in ("eer", "fnmr_at_fmr")},
     }
+    if res.bootstrap is not None:  # student - teacher (and - references) with intervals: read by `aikd compare-runs`
+        ctx.results["evaluation"]["bootstrap"] = res.bootstrap
     ctx.results.setdefault("metrics", {}).update(summary)
     _log_evaluation(ctx, res)
     log.info("evaluation report: %s", res.paths.get("markdown"))

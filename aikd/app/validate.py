@@ -157,6 +157,12 @@ def _check_evaluation(cfg: DictConfig, problems: list[str]) -> None:
     for lim in ecfg.get("limits") or []:
         if not 0.0 < float(lim) <= 1.0:
             problems.append(f"evaluation.limits: {lim} must be a discard fraction in (0, 1]")
+    n_boot = ecfg.get("bootstrap", 0)
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
+        problems.append(
+            f"evaluation.bootstrap must be a whole number of bootstrap resamples >= 0 (e.g. 1000; 0 = off), got "
+            f"{n_boot!r}"
+        )
     if str(ecfg.get("protocol", "all_pairs")) not in PROTOCOLS:
         problems.append(f"evaluation.protocol must be one of {', '.join(PROTOCOLS)}, got '{ecfg.protocol}'")
     elif ecfg.protocol == "lfw" and not (ecfg.get("pairs_file") and Path(str(ecfg.pairs_file)).is_file()):

@@ -12,7 +12,7 @@ The generic on-disk format (what :func:`read_folder` reads and the synthetic gen
 
 ``path`` is relative to ``root`` with ``/`` separators. Points are image-left eye, image-right eye, nose tip,
 image-left and image-right mouth corner (ArcFace template order). Empty landmark fields, or images without a
-row, mean "no landmarks yet" (a detector can fill them in, see :mod:`aikd.faces.landmarks`). Extra columns are kept
+row, mean "no landmarks yet" (a detector can fill them in, see :mod:`aikd.data.landmarks`). Extra columns are kept
 as attributes.
 """
 
@@ -40,6 +40,7 @@ __all__ = [
     "read_landmarks_csv",
     "write_landmarks_csv",
     "read_folder",
+    "select_identities",
 ]
 
 LANDMARK_COLUMNS: tuple[str, ...] = (
@@ -311,3 +312,15 @@ def read_folder(
     if len(issues) > 20:
         log.warning("... and %d more data issues", len(issues) - 20)
     return index
+
+
+def select_identities(index: FaceIndex, identities: Sequence[int] | None, source: str) -> FaceIndex:
+    """Keep identity labels in an inclusive ``(lo, hi)`` range (or an explicit list) of ``index``'s labels."""
+    if identities is None:
+        return index
+    ids = list(identities)
+    keep = set(range(ids[0], ids[1] + 1)) if len(ids) == 2 and ids[0] < ids[1] else set(ids)
+    mask = np.isin(index.identity, sorted(keep))
+    if not mask.any():
+        raise DataError(f"{source}: no images for identities {identities} (dataset has {index.num_identities})")
+    return index.subset(mask)

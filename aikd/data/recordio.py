@@ -500,7 +500,7 @@ class RecordIOSource:
                 raise DataError(f"RecordIO data set file not found: {p} (set data.train.rec to the train.rec path)")
 
     def load(self) -> FaceIndex:
-        from aikd.data.sources import select_identities
+        from aikd.data.index import select_identities
         from aikd.geometry.align import Geometry, template_points
 
         reader = RecordIOReader(self.rec, self.idx)

@@ -16,11 +16,12 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from aikd.data.index import DataError, FaceIndex, read_folder
+from aikd.data.index import DataError, FaceIndex, read_folder, select_identities
+from aikd.faces.detect import DETECTORS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FaceSource", "FolderSource", "CFPSource", "SyntheticSource", "select_identities", "holdout_identities"]
+__all__ = ["FaceSource", "FolderSource", "CFPSource", "SyntheticSource", "holdout_identities"]
 
 
 @runtime_checkable
@@ -34,23 +35,11 @@ class FaceSource(Protocol):
     def load(self) -> FaceIndex: ...
 
 
-def select_identities(index: FaceIndex, identities: Sequence[int] | None, source: str) -> FaceIndex:
-    """Keep identity labels in an inclusive ``(lo, hi)`` range (or an explicit list) of ``index``'s labels."""
-    if identities is None:
-        return index
-    ids = list(identities)
-    keep = set(range(ids[0], ids[1] + 1)) if len(ids) == 2 and ids[0] < ids[1] else set(ids)
-    mask = np.isin(index.identity, sorted(keep))
-    if not mask.any():
-        raise DataError(f"{source}: no images for identities {identities} (dataset has {index.num_identities})")
-    return index.subset(mask)
-
-
 def _fill_landmarks(index: FaceIndex, detect: bool, detector: str = "mtcnn") -> FaceIndex:
     """Detect (cached) the landmarks ``index`` lacks with the detector named ``detector``, when ``detect``."""
     if not detect or index.has_landmarks.all():
         return index
-    from aikd.faces.landmarks import fill_missing_landmarks
+    from aikd.data.landmarks import fill_missing_landmarks
 
     return fill_missing_landmarks(index, detector=detector)
 
@@ -98,7 +87,7 @@ class FolderSource:
         root: dataset root.
         landmarks: landmarks file relative to ``root`` (or absolute), ``None`` for none.
         detect_missing: run a face detector (cached) for images without landmarks.
-        detector: which one, by name (``"mtcnn"`` or ``"yunet"``, :data:`aikd.faces.landmarks.DETECTORS`). Each keeps
+        detector: which one, by name (``"mtcnn"`` or ``"yunet"``, :data:`aikd.faces.detect.DETECTORS`). Each keeps
             its own landmark cache; a dataset whose CSV came from one detector is best completed with the same one,
             since the two place points a few percent of the face apart.
         identities: optional inclusive ``(lo, hi)`` range of identity labels (sorted directory order).
@@ -127,8 +116,6 @@ class FolderSource:
             raise ValueError(f"FolderSource.split must be all, train or val, got {self.split!r}")
         if self.split != "all" and self.holdout is None:
             raise ValueError(f"FolderSource(split={self.split!r}) needs holdout (a fraction or identity names)")
-        from aikd.faces.landmarks import DETECTORS  # late: aikd.faces.landmarks imports aikd.data
-
         if self.detector not in DETECTORS:  # fail when the config is built, not after reading the folder
             raise ValueError(f"FolderSource.detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}")
 
@@ -207,7 +194,7 @@ class SyntheticSource:
     name: str = "synthetic"
 
     def _generator(self) -> Any:
-        from aikd.data.synthetic import SyntheticFaces
+        from aikd.data.synthetic.generator import SyntheticFaces
 
         return SyntheticFaces(
             n_identities=self.n_identities,

@@ -7,7 +7,13 @@ can be rebuilt (tables, plots) from the JSON alone, without rerunning any model.
 
 The JSON document written by :func:`write_results_json`::
 
-    {"schema": "aikd.edc-report/1", "meta": {...}, "fr": fr_summary(...) or null, "results": results}
+    {"schema": "aikd.edc-report/1", "meta": {...}, "fr": fr_summary(...) or null, "results": results,
+     ["bootstrap": {...}]}
+
+``bootstrap`` (present when the evaluation bootstrapped, ``evaluation.bootstrap > 0``) holds paired-bootstrap
+differences of the normalised pAUC between methods (:mod:`aikd.evaluation.bootstrap`): ``{"n_boot", "seed",
+"level", ..., "comparisons": {condition: {"student - teacher:x": {"a", "b", "operating_points": {label: {limit:
+{"difference", "low", "high", "p_a_better", "n_boot", "n_defined"}}}}}}}``.
 
 Plots use matplotlib's object API (``matplotlib.figure.Figure``, rendered by the Agg canvas), never pyplot, so
 they work headless and do not touch global state.
@@ -26,6 +32,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from aikd.evaluation.bootstrap import format_interval
 from aikd.evaluation.edc import EDCCurve, limit_key, lower_bound_edc, parse_operating_point
 from aikd.io import atomic_path, write_text
 
@@ -36,6 +43,7 @@ __all__ = [
     "dumps_report",
     "read_results_json",
     "markdown_table",
+    "bootstrap_markdown",
     "write_markdown",
     "plot_edc_condition",
     "plot_det",
@@ -54,11 +62,18 @@ _FIG_DPI = 110
 
 
 def build_report(
-    results: Results, *, fr: Mapping[str, Any] | None = None, meta: Mapping[str, Any] | None = None
+    results: Results,
+    *,
+    fr: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None,
+    bootstrap: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON document: schema tag, free-form ``meta`` (data set, FR model, commit, ...), FR summary, results."""
+    """The JSON document: schema tag, free-form ``meta`` (data set, FR model, commit, ...), FR summary, results,
+    and the bootstrapped differences when there are any."""
     _check_results(results)
     doc = {"schema": SCHEMA, "meta": dict(meta or {}), "fr": None if fr is None else dict(fr), "results": results}
+    if bootstrap is not None:
+        doc["bootstrap"] = dict(bootstrap)
     return _jsonable(doc)
 
 
@@ -88,13 +103,14 @@ def write_results_json(
     *,
     fr: Mapping[str, Any] | None = None,
     meta: Mapping[str, Any] | None = None,
+    bootstrap: Mapping[str, Any] | None = None,
 ) -> Path:
     """Atomically write every figure to ``path`` as strict JSON (undefined figures, NaN in Python, are ``null``).
 
     Indented for reading, except that lists of numbers (curve points) stay on one line each: one value per line
     would make a report with thousands of EDC steps per curve several times larger.
     """
-    return write_text(path, dumps_report(build_report(results, fr=fr, meta=meta)))
+    return write_text(path, dumps_report(build_report(results, fr=fr, meta=meta, bootstrap=bootstrap)))
 
 
 def dumps_report(doc: Mapping[str, Any]) -> str:
@@ -203,6 +219,7 @@ def markdown_table(
     limit: float = 0.20,
     operating_points: Sequence[str] | None = None,
     digits: int = 3,
+    bootstrap: Mapping[str, Any] | None = None,
 ) -> str:
     """Markdown tables of the normalised pAUC at ``limit``: one table per operating point, methods x conditions.
 
@@ -212,6 +229,9 @@ def markdown_table(
     are taken from the first method of each condition: all methods of a condition must share the mated pairs and
     their scores (only the quality differs), which is how the pipeline builds ``results``.
     A ``mean`` column averages each row over the conditions where it is defined.
+
+    With ``bootstrap`` (the report's ``bootstrap`` section), each operating point's table is followed by the
+    bootstrapped differences between methods (:func:`bootstrap_markdown`).
     """
     _check_results(results)
     key = limit_key(limit)
@@ -250,7 +270,44 @@ def markdown_table(
         info = ["n/a" if e is None else f"{e['edc0']:.3f} (t = {e['threshold']:.4g})" for e in refs]
         lines.append("| *FNMR at zero discard (threshold)* | " + " | ".join(info) + " | |")
         lines.append("")
+        if bootstrap:
+            lines += bootstrap_markdown(bootstrap, conditions, op_label, limit=limit, digits=digits)
     return "\n".join(lines)
+
+
+def bootstrap_markdown(
+    bootstrap: Mapping[str, Any], conditions: Sequence[str], op_label: str, *, limit: float = 0.20, digits: int = 3
+) -> list[str]:
+    """Lines of a Markdown table of bootstrapped differences at one operating point and limit: one row per
+    comparison (``student - teacher:x``), one column per condition, cells ``+0.012 [-0.004, +0.027]`` (difference
+    on the full set and percentile interval); bold where the interval excludes 0. Empty when nothing was compared.
+    """
+    key = limit_key(limit)
+    per_condition = bootstrap.get("comparisons") or {}
+    names = _ordered_keys([per_condition.get(c, {}) for c in conditions])
+    if not names:
+        return []
+    level = float(bootstrap.get("level", 0.95))
+    lines = [
+        f"Differences in normalised pAUC@{limit:.2f} at `{op_label}` (A - B: negative = A better), with the "
+        f"{level:.0%} paired-bootstrap interval over {bootstrap.get('n_boot', '?')} resamples of the mated pairs "
+        f"(threshold fixed on the full set; bold: the interval excludes 0). Pairs share images, so these intervals are "
+        f"somewhat narrow, and they do not cover training randomness (compare runs: `aikd compare-runs`).",
+        "",
+        "| A - B | " + " | ".join(_cell(c) for c in conditions) + " |",
+        "| --- | " + " | ".join("---:" for _ in conditions) + " |",
+    ]
+    for name in names:
+        cells = []
+        for c in conditions:
+            entry = per_condition.get(c, {}).get(name, {}).get("operating_points", {}).get(op_label, {}).get(key)
+            text = format_interval(entry, digits)
+            low, high = (entry or {}).get("low"), (entry or {}).get("high")
+            excludes = low is not None and high is not None and (low > 0 or high < 0)
+            cells.append(f"**{text}**" if excludes else text)
+        lines.append(f"| {_cell(name)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
 
 
 def text_table(results: Results, *, limit: float = 0.20, digits: int = 3) -> str:
@@ -290,9 +347,10 @@ def write_markdown(
     fr: Mapping[str, Any] | None = None,
     images: Sequence[str | Path] = (),
     meta: Mapping[str, Any] | None = None,
+    bootstrap: Mapping[str, Any] | None = None,
 ) -> Path:
     """Atomically write a Markdown report: what was compared, FR model summary, one table per limit and operating
-    point, plots.
+    point (with the bootstrapped differences between methods, when ``bootstrap`` is given), plots.
 
     ``meta`` may hold ``data``, ``split``, ``comparator`` (the FR model whose comparison scores define the errors)
     and ``methods`` (row name -> one-line description): a reader then knows what each row is without the config.
@@ -302,7 +360,7 @@ def write_markdown(
     if fr is not None:
         parts += _fr_markdown(fr)
     for lim in limits:
-        parts.append(markdown_table(results, limit=lim))
+        parts.append(markdown_table(results, limit=lim, bootstrap=bootstrap))
     path = Path(path)
     for img in images:
         img = Path(img)
@@ -511,15 +569,20 @@ def write_report(
     limits: Sequence[float] = (0.20,),
     max_discard: float = 0.5,
     log_fnmr: bool = False,
+    bootstrap: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``results.json``, ``edc_<condition>.png`` per condition, ``det.png`` (if ``fr``) and ``report.md``.
+
+    ``bootstrap``: the paired-bootstrap differences between methods (see the module docstring), written into both.
 
     Returns:
         ``{"json": ..., "markdown": ..., "det": ..., "edc/<condition>": ...}`` paths.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {"json": write_results_json(out_dir / "results.json", results, fr=fr, meta=meta)}
+    paths: dict[str, Path] = {
+        "json": write_results_json(out_dir / "results.json", results, fr=fr, meta=meta, bootstrap=bootstrap)
+    }
     images: list[Path] = []
     if fr is not None:
         paths["det"] = plot_det(out_dir / "det.png", fr=fr)
@@ -541,6 +604,13 @@ def write_report(
         paths[f"edc/{condition}"] = p
         images.append(p)
     paths["markdown"] = write_markdown(
-        out_dir / "report.md", results, title=title, limits=limits, fr=fr, images=images, meta=meta
+        out_dir / "report.md",
+        results,
+        title=title,
+        limits=limits,
+        fr=fr,
+        images=images,
+        meta=meta,
+        bootstrap=bootstrap,
     )
     return paths

@@ -9,12 +9,14 @@ The protocol (docs/methods.md section 2, ISO/IEC 29794-5 style):
 3. For each condition (a misalignment preset, parameters drawn per image from ``(seed, image row)`` so every
    method sees exactly the same perturbation, whatever the batch), each method scores its own crop.
 4. Pair quality = min of the two; EDC and pAUC per operating point (``aikd.evaluation.edc``).
+5. Optionally, paired-bootstrap intervals of the differences between methods (``aikd.evaluation.bootstrap``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +30,8 @@ from torch import Tensor, nn
 from aikd.data.dataset import face_loader
 from aikd.data.index import FaceIndex
 from aikd.data.pairs import PairList
-from aikd.evaluation.edc import EDCWarning, evaluate_quality, fr_summary
+from aikd.evaluation.bootstrap import compare_methods, default_comparisons
+from aikd.evaluation.edc import EDCWarning, evaluate_quality, fr_summary, pair_quality
 from aikd.geometry.align import Canvas, crop
 from aikd.geometry.misalign import Misalignment, MisalignParams, NoMisalign, misalign
 from aikd.geometry.preprocess import InputSpec
@@ -45,6 +48,7 @@ __all__ = [
     "evaluate",
     "EvaluationResult",
     "WarningSummary",
+    "bootstrap_differences",
 ]
 
 
@@ -262,6 +266,8 @@ class EvaluationResult:
     n_pairs_dropped: int
     table: ScoreTable
     paths: dict[str, Path] = field(default_factory=dict)
+    #: paired-bootstrap differences between methods (:func:`bootstrap_differences`), ``None`` when not bootstrapped
+    bootstrap: dict[str, Any] | None = None
 
 
 class WarningSummary:
@@ -320,6 +326,73 @@ def comparison_scores(embeddings: np.ndarray, a: np.ndarray, b: np.ndarray, chun
     return out
 
 
+def bootstrap_differences(
+    results: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    pair_qualities: Mapping[str, Mapping[str, np.ndarray]],
+    mated_scores: np.ndarray,
+    comparisons: Sequence[tuple[str, str]],
+    limits: Sequence[float],
+    *,
+    n_boot: int,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Paired-bootstrap differences of the normalised pAUC for ``comparisons`` under every condition.
+
+    The thresholds are those the evaluation fixed on the full set (``results[condition][method]`` records them; all
+    methods of a condition share them) and stay fixed on every resample; the mated pairs are resampled, with the
+    same resamples for every method and condition (:mod:`aikd.evaluation.bootstrap`).
+
+    Args:
+        results: ``results[condition][method]`` from :func:`~aikd.evaluation.edc.evaluate_quality`.
+        pair_qualities: ``[condition][method]`` -> pair quality of each mated pair, aligned with ``mated_scores``.
+        mated_scores: comparison scores of the mated pairs.
+        comparisons: ``(A, B)`` method names; the difference reported is ``pAUC(A) - pAUC(B)``.
+        limits: pAUC limits.
+        n_boot: resamples.
+        seed: seed of the resampling.
+        level: coverage of the percentile intervals.
+
+    Returns:
+        The report's ``bootstrap`` section: ``{"n_boot", "seed", "level", "resampled", "n_pairs", "threshold",
+        "wall_s", "comparisons": {condition: compare_methods(...)}}``.
+    """
+    t0 = time.perf_counter()
+    per_condition: dict[str, Any] = {}
+    for cname, methods in results.items():
+        first = next(iter(methods.values()))
+        thresholds = {op: float(v["threshold"]) for op, v in first["operating_points"].items()}
+        per_condition[cname] = compare_methods(
+            mated_scores,
+            pair_qualities[cname],
+            thresholds,
+            [(a, b) for a, b in comparisons if a in methods and b in methods],
+            limits,
+            n_boot=n_boot,
+            seed=seed,
+            level=level,
+        )
+    wall = time.perf_counter() - t0
+    log.info(
+        "paired bootstrap: %d resamples of %d mated pairs, %d comparison(s) x %d condition(s) in %.1f s",
+        n_boot,
+        len(mated_scores),
+        len(comparisons),
+        len(results),
+        wall,
+    )
+    return {
+        "n_boot": int(n_boot),
+        "seed": int(seed),
+        "level": float(level),
+        "resampled": "mated pairs",
+        "n_pairs": int(len(mated_scores)),
+        "threshold": "fixed on the full set at each operating point, as in the evaluation",
+        "wall_s": round(wall, 2),
+        "comparisons": per_condition,
+    }
+
+
 def evaluate(
     index: FaceIndex,
     pairs: PairList,
@@ -339,6 +412,8 @@ def evaluate(
     meta: Mapping[str, Any] | None = None,
     progress: bool = True,
     on_report: Callable[[dict[str, Path]], None] | None = None,
+    bootstrap: int = 0,
+    comparisons: Sequence[tuple[str, str]] | None = None,
 ) -> EvaluationResult:
     """Full evaluation of quality ``methods`` on ``pairs`` of ``index``.
 
@@ -356,6 +431,10 @@ def evaluate(
         random_draws: also report the spread of random qualities (0 = off).
         out_dir: if given, write ``results.json``, ``report.md``, EDC and DET plots there.
         meta: extra metadata for the JSON.
+        bootstrap: resamples of the paired bootstrap of the differences between methods (0 = off); the intervals
+            go into ``EvaluationResult.bootstrap`` and the report (:func:`bootstrap_differences`).
+        comparisons: ``(A, B)`` method pairs to bootstrap; default
+            :func:`~aikd.evaluation.bootstrap.default_comparisons` (the student against every other method).
     """
     conditions = dict(conditions or {"aligned": NoMisalign()})
     table = score_index(
@@ -376,10 +455,13 @@ def evaluate(
     with summary.collect("the FR summary"):
         fr = fr_summary(mated_scores, nonmated_scores)
     results: dict[str, dict[str, dict[str, Any]]] = {}
+    pair_qualities: dict[str, dict[str, np.ndarray]] = {}
     for cname in conditions:
         results[cname] = {}
+        pair_qualities[cname] = {}
         for mname in methods:
             q = table.quality[cname][mname]
+            pair_qualities[cname][mname] = pair_quality(q[ia[mated]], q[ib[mated]])
             with summary.collect(f"{cname}/{mname}"):
                 results[cname][mname] = evaluate_quality(
                     mated_scores,
@@ -394,6 +476,11 @@ def evaluate(
                 )
     summary.emit()
     res = EvaluationResult(results, fr, mated_scores, nonmated_scores, n_dropped, table)
+    pairs_to_compare = default_comparisons(list(methods)) if comparisons is None else list(comparisons)
+    if bootstrap > 0 and pairs_to_compare:
+        res.bootstrap = bootstrap_differences(
+            results, pair_qualities, mated_scores, pairs_to_compare, limits, n_boot=int(bootstrap), seed=seed
+        )
     if out_dir is not None:
         from aikd.evaluation.report import write_report
 
@@ -408,7 +495,7 @@ def evaluate(
             **dict(meta or {}),
         }
         with summary.collect("the report"):
-            res.paths = write_report(out_dir, results, fr=fr, meta=info, limits=tuple(limits))
+            res.paths = write_report(out_dir, results, fr=fr, meta=info, limits=tuple(limits), bootstrap=res.bootstrap)
         summary.emit()
         if on_report is not None:
             on_report(res.paths)

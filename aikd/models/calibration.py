@@ -8,8 +8,9 @@ metadata):
 * ``"ecdf"`` (default) - the empirical CDF of the reference scores, piecewise linear between quantile knots:
   a calibrated score of 73 means "better than 73% of the reference set";
 * ``"logistic"`` - ``100 * sigmoid((x - centre) / scale)`` as OFIQ does for MagFace (there with
-  :data:`OFIQ_MAGFACE_CENTRE` and :data:`OFIQ_MAGFACE_SCALE`); fitted here with centre = median and
-  scale = IQR / (2 ln 3), which makes the logistic's quartiles match the reference quartiles.
+  :data:`OFIQ_MAGFACE_CENTRE` and :data:`OFIQ_MAGFACE_SCALE`, then rounded: :func:`magface_ofiq_score`); fitted
+  here with centre = median and scale = IQR / (2 ln 3), which makes the logistic's quartiles match the reference
+  quartiles.
 
 Both are written with elementwise ops only, so they export to ONNX inside a model.
 """
@@ -24,11 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Calibration", "OFIQ_MAGFACE_CENTRE", "OFIQ_MAGFACE_SCALE"]
+__all__ = ["Calibration", "OFIQ_MAGFACE_CENTRE", "OFIQ_MAGFACE_SCALE", "magface_ofiq_score"]
 
 #: OFIQ's (ISO/IEC 29794-5 reference implementation) MagFace mapping is ``100 * sigmoid((norm - centre) / scale)``
 #: with this centre and scale, tuned to the released MagFace model's norms (about 15-35). Named once here: the
-#: MagFace teacher's OFIQ calibration and :func:`aikd.training.losses.magface_ofiq_score` must agree to the last digit.
+#: MagFace teacher's OFIQ calibration and :func:`magface_ofiq_score` must agree to the last digit.
 OFIQ_MAGFACE_CENTRE = 23.0
 OFIQ_MAGFACE_SCALE = 2.6
 
@@ -120,3 +121,21 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Calibration:
         return cls(**d) if d else cls()
+
+
+def magface_ofiq_score(norm: float | np.ndarray | Tensor) -> float | np.ndarray | Tensor:
+    """OFIQ's (ISO/IEC 29794-5 reference implementation) MagFace mapping to 0..100.
+
+    ``Q = round(clip(100 * sigmoid((x - centre) / scale), 0, 100))`` with OFIQ's centre and scale
+    (:data:`OFIQ_MAGFACE_CENTRE`, :data:`OFIQ_MAGFACE_SCALE`). Rounding is half away from zero (C/C++ ``std::round``;
+    for these non-negative values ``floor(v + 0.5)``), not Python's/torch's half-to-even.
+    Returns the input's kind: a float for a scalar, an array for an array, a float tensor for a tensor.
+    """
+    if isinstance(norm, Tensor):
+        x = norm.double() if norm.dtype == torch.float64 else norm.float()
+        return torch.floor(
+            (100.0 * torch.sigmoid((x - OFIQ_MAGFACE_CENTRE) / OFIQ_MAGFACE_SCALE)).clamp(0.0, 100.0) + 0.5
+        )
+    x = np.asarray(norm, dtype=np.float64)
+    out = np.floor(np.clip(100.0 / (1.0 + np.exp(-(x - OFIQ_MAGFACE_CENTRE) / OFIQ_MAGFACE_SCALE)), 0.0, 100.0) + 0.5)
+    return float(out) if out.ndim == 0 else out

@@ -15,8 +15,8 @@ Plug-ins live in the top-level ``teachers/`` package (one file each) and registe
 :func:`register_teacher`, which is also where a teacher's name is written (it sets the class's ``name``); third-party
 packages can register through the ``aikd.teachers`` entry-point group. ``aikd`` never imports ``teachers`` at
 import time: the registry loads plug-ins on first lookup. A teacher trained here declares its training objective in
-the same file (:attr:`Teacher.objective`, a :class:`aikd.training.losses.TeacherObjective`), so a trainable teacher is
-one file plus its ``conf/teacher`` option.
+the same file (:attr:`Teacher.objective`, a :class:`aikd.training.objectives.TeacherObjective`), so a trainable
+teacher is one file plus its ``conf/teacher`` option.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from aikd.io import atomic_path
 from aikd.models.calibration import Calibration
 from aikd.models.registry import Registry
 
-if TYPE_CHECKING:
-    from aikd.training.losses import TeacherObjective
+if TYPE_CHECKING:  # annotations only: the contract (floor 4) never imports training (floor 5) at run time
+    from aikd.training.objectives import TeacherObjective
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ class Teacher(nn.Module):
 
     name: str = "teacher"
     #: The objective that trains this teacher (:func:`aikd.training.teacher_fit.train_teacher`): a generic one from
-    #: :mod:`aikd.training.losses` or the teacher file's own :class:`~aikd.training.losses.TeacherObjective` subclass;
-    #: ``None``: the teacher is not trained here (official weights, ONNX files, ensembles).
+    #: :mod:`aikd.training.objectives` or the teacher file's own :class:`~aikd.training.objectives.TeacherObjective`
+    #: subclass; ``None``: the teacher is not trained here (official weights, ONNX files, ensembles).
     objective: ClassVar[type[TeacherObjective] | None] = None
     input_spec: InputSpec = InputSpec()
     embedding_dim: int | None = None

@@ -1,11 +1,12 @@
-"""Score face images with a trained student: ``aikd score`` and :func:`score_images`.
+"""Score face images with a trained student: :func:`score_images` (the command line: ``aikd score``,
+:mod:`aikd.app.score_cli`).
 
 The student was distilled to give the teacher's verdict on faces that are *not* perfectly aligned, so scoring
 only needs a rough 5-point alignment to the template named in the model's metadata. Three ways to get there:
 
-* ``detect`` (default): a face detector - MTCNN (:mod:`aikd.faces.landmarks`, the default) or YuNet
-(:mod:`aikd.faces.yunet`),
-  ``--detector`` - finds the faces and :func:`~aikd.faces.landmarks.select_face` picks the one the image is about;
+* ``detect`` (default): a face detector - MTCNN (:mod:`aikd.faces.mtcnn`, the default) or YuNet
+  (:mod:`aikd.faces.yunet`), ``--detector`` - finds the faces and :func:`~aikd.faces.detect.select_face` picks the
+  one the image is about;
 * ``landmarks``: a landmarks CSV in the generic format (:func:`aikd.data.index.read_landmarks_csv`), with paths
   relative to the scored folder;
 * ``aligned``: the inputs already are aligned crops; they are only resized to the model's input size.
@@ -35,35 +36,29 @@ standard deviation under :data:`FLAT_STD` of 255) has no face content: a model f
 number, possibly a high one, and that number means nothing. Such inputs are still scored (status ``suspect``) so
 that a user who knows better keeps the number; images under :data:`MIN_IMAGE_SIDE` px are not scored at all.
 
-In ``detect`` mode an image may show several faces; :func:`~aikd.faces.landmarks.select_face` scores the one maximising
+In ``detect`` mode an image may show several faces; :func:`~aikd.faces.detect.select_face` scores the one maximising
 ``det_score * (box side / largest box side) * exp(-d**2 / 0.5)``, ``d`` the distance from the box centre to the
 image centre in half-diagonals: the largest, most central, confident face, a subject photographed among
 bystanders. The detail says which face that was (its box and score) and how many were found.
 
 In ``detect`` and ``landmarks`` mode the crop is cut as training and evaluation cut it
 (:func:`aikd.geometry.align.crop_photo`): the photo is aligned onto the canvas the student was trained with (metadata
-``input.canvas``; exports that predate it
-get :data:`DEFAULT_CANVAS`), then the model's crop is cut from that canvas. A one-step warp from the photo differs
-from the training crops by several grey levels on large photos, and the scores with it.
+``input.canvas``; exports that predate it get :data:`~aikd.serving.load.DEFAULT_CANVAS`), then the model's crop is
+cut from that canvas. A one-step warp from the photo differs from the training crops by several grey levels on large
+photos, and the scores with it.
 
-Models load from an export (directory or its ``<name>.json``: the ONNX file on onnxruntime when present, else the
-safetensors weights), an ``.onnx`` file with its sibling ``.json``, a ``.safetensors`` student, or a Lightning
-``.ckpt`` from distillation. Whatever the format, the model takes canonical faces (RGB ``[0, 1]``, cut with the
-metadata's geometry) and normalises them itself.
+Models load with :func:`aikd.serving.load.load_quality_model`, from any form aikd writes (export directory or
+``.json``, ``.onnx``, ``.safetensors``, ``.ckpt``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
-import json
 import logging
 import math
 import os
 import re
-import sys
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -72,11 +67,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from aikd import METADATA_FORMAT
 from aikd.data.index import IMAGE_EXTENSIONS, DataError, read_landmarks_csv
-from aikd.faces.landmarks import DETECTORS, FaceDetector, detector_label
+from aikd.faces.detect import FaceDetector, detector_label
 from aikd.geometry.align import Canvas, Geometry, crop_photo
 from aikd.io import atomic_path
+from aikd.serving.load import QualityModel, ScoreError, load_quality_model
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +82,9 @@ __all__ = [
     "MIN_IMAGE_SIDE",
     "FACE_RULE",
     "MODES",
-    "ScoreError",
-    "QualityModel",
-    "load_quality_model",
     "find_images",
     "score_images",
     "write_scores_csv",
-    "main_score",
 ]
 
 #: Columns of the scores CSV, in order.
@@ -114,323 +105,11 @@ ASPECT_TOLERANCE = 0.05
 #: ``aligned`` mode: a crop whose largest per-channel pixel standard deviation (0..255 scale) is under this is flat:
 #: a solid colour or nearly so, no face content (``suspect``, "flat image").
 FLAT_STD = 2.0
-#: How ``detect`` mode chooses among several faces (:func:`aikd.faces.landmarks.select_face`), for details and
+#: How ``detect`` mode chooses among several faces (:func:`aikd.faces.detect.select_face`), for details and
 #: ``--help``.
 FACE_RULE = "largest, most central, confident face (max det_score x relative box side x centre weight)"
 #: How faces are aligned before scoring.
 MODES: tuple[str, ...] = ("detect", "landmarks", "aligned")
-BACKENDS: tuple[str, ...] = ("auto", "onnx", "torch")
-#: The canvas of models whose metadata does not name one (exports from before it was recorded, students never
-#: distilled): :class:`~aikd.data.FaceDataModule`'s default, a 256 px canvas with the face at 160 px on the arcface
-#: template, as in ``conf/data/cfp.yaml`` and ``conf/data/folder.yaml``. A student trained on another canvas (the
-#: synthetic and RecordIO configs use 176 px with the face at 112 px) scores a few grey levels off its training
-#: crops with it; re-export it to record its own.
-DEFAULT_CANVAS = Canvas()
-
-
-class ScoreError(ValueError):
-    """Bad scoring input (model, image list, landmarks file): the message names the file and what to do."""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Models
-
-
-class QualityModel:
-    """A loaded student: canonical faces ``(B, 3, H, W)`` float32 RGB ``[0, 1]`` -> ``(quality_raw, quality_0_100)``.
-
-    Attributes:
-        geometry: how faces must be cut for it (template, size), from the model's metadata.
-        metadata: the export metadata (for checkpoints and safetensors files: rebuilt from the student).
-        source: the file the weights came from.
-        backend: ``"onnx"`` (onnxruntime) or ``"torch"``.
-        device: where it runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...).
-        canvas: the canvas the student was trained with (metadata ``input.canvas``, else :data:`DEFAULT_CANVAS`):
-            photos are aligned onto it before the crop is cut, as in training.
-    """
-
-    def __init__(
-        self,
-        run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-        geometry: Geometry,
-        metadata: dict[str, Any],
-        source: Path,
-        backend: str,
-        device: str,
-        max_batch: int | None = None,
-        canvas: Canvas | None = None,
-    ) -> None:
-        self._run = run
-        self.geometry = geometry
-        self.canvas = canvas or DEFAULT_CANVAS
-        self.metadata = metadata
-        self.source = source
-        self.backend = backend
-        self.device = device
-        self.max_batch = max_batch
-
-    def __repr__(self) -> str:
-        h, w = self.geometry.hw
-        return (
-            f"QualityModel({self.source.name}, backend={self.backend}, device={self.device}, "
-            f"input={self.geometry.template} {h}x{w})"
-        )
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        """Input ``(height, width)``."""
-        return self.geometry.hw
-
-    def __call__(self, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Score canonical faces; returns float32 ``(B,)`` raw and ``(B,)`` 0..100 quality."""
-        faces = np.ascontiguousarray(faces, dtype=np.float32)
-        if faces.ndim != 4 or faces.shape[1] != 3 or tuple(faces.shape[2:]) != self.input_size:
-            raise ValueError(f"expected canonical faces (B, 3, {self.input_size[0]}, {self.input_size[1]}), got "
-                             f"{faces.shape}; cut them with aikd.geometry.align using this model's "
-                             "geometry")  # fmt: skip
-        step = self.max_batch or max(len(faces), 1)
-        raws, qs = [], []
-        for i in range(0, len(faces), step):
-            raw, q = self._run(faces[i : i + step])
-            raws.append(np.asarray(raw, np.float32).reshape(-1))
-            qs.append(np.asarray(q, np.float32).reshape(-1))
-        if not raws:
-            return np.zeros(0, np.float32), np.zeros(0, np.float32)
-        return np.concatenate(raws), np.concatenate(qs)
-
-
-def _resolve_device(device: str) -> str:
-    """``--device`` by the rule training and evaluation use (:func:`aikd.devices.resolve_device`)."""
-    from aikd.devices import DeviceError, resolve_device
-
-    try:
-        return resolve_device(device)
-    except DeviceError as err:
-        raise ScoreError(f"--device {device}: {err}") from err
-
-
-def _read_metadata(path: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ScoreError(f"{path}: cannot read model metadata ({err})") from err
-    if not isinstance(meta, dict) or meta.get("format") != METADATA_FORMAT:
-        raise ScoreError(
-            f'{path}: not aikd student metadata (no "format": "{METADATA_FORMAT}"); pass the JSON written next '
-            "to an export by aikd.serving.export.export_student / `aikd export`"
-        )
-    return meta
-
-
-def _geometry_of(meta: dict[str, Any], path: Path) -> Geometry:
-    try:
-        return Geometry.from_dict(meta["input"]["alignment"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ScoreError(f"{path}: metadata lacks a valid input.alignment geometry ({err})") from err
-
-
-def _canvas_of(meta: dict[str, Any], path: Path) -> Canvas:
-    """The training canvas from the metadata; :data:`DEFAULT_CANVAS` for metadata without one (older exports)."""
-    value = (meta.get("input") or {}).get("canvas")
-    if not value:
-        return DEFAULT_CANVAS
-    try:
-        return Canvas.from_dict(value)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ScoreError(f"{path}: metadata has an invalid input.canvas ({err})") from err
-
-
-def _onnx_model(
-    onnx_path: Path, meta: dict[str, Any], device: str, explicit_device: bool, num_threads: int | None
-) -> QualityModel:
-    try:
-        import onnxruntime as ort
-    except ImportError as err:
-        raise ScoreError(
-            f"{onnx_path}: running ONNX models needs onnxruntime (pip install onnxruntime); or score the "
-            "safetensors weights (--backend torch)"
-        ) from err
-    providers: list[Any] = ["CPUExecutionProvider"]
-    if device.startswith("cuda"):
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            device_id = int(device.split(":", 1)[1]) if ":" in device else 0
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
-        elif explicit_device:
-            raise ScoreError(
-                f"--device {device}: this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu), "
-                "or use --backend torch / --device cpu"
-            )
-        else:
-            device = "cpu"
-    opts = ort.SessionOptions()
-    if num_threads:
-        opts.intra_op_num_threads = int(num_threads)
-        opts.inter_op_num_threads = 1
-    try:
-        sess = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
-    except Exception as err:  # onnxruntime raises its own exception types for bad files
-        raise ScoreError(f"{onnx_path}: onnxruntime cannot load this model ({err})") from err
-    inp = sess.get_inputs()[0]
-    names = [o.name for o in sess.get_outputs()]
-    wanted = ["quality_raw", "quality_0_100"]
-    outputs = wanted if all(n in names for n in wanted) else names[:2]
-    if len(outputs) < 2:
-        raise ScoreError(f"{onnx_path}: expected outputs (quality_raw, quality_0_100), the model has {names}")
-    fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
-
-    def run(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raw, q = sess.run(outputs, {inp.name: faces})
-        return raw, q
-
-    geometry = _geometry_of(meta, onnx_path)
-    canvas = _canvas_of(meta, onnx_path)
-    return QualityModel(run, geometry, meta, onnx_path, "onnx", device, max_batch=fixed, canvas=canvas)
-
-
-def _torch_model(student: Any, meta: dict[str, Any], source: Path, device: str) -> QualityModel:
-    import torch
-
-    from aikd.models.student import QualityExport
-
-    model = QualityExport(student.eval()).to(device).eval()
-
-    def run(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.inference_mode():
-            raw, q = model(torch.from_numpy(faces).to(device))
-        return raw.float().cpu().numpy(), q.float().cpu().numpy()
-
-    return QualityModel(run, _geometry_of(meta, source), meta, source, "torch", device, canvas=_canvas_of(meta, source))
-
-
-def _load_student(path: Path) -> Any:
-    from aikd.serving.export import load_student
-
-    try:
-        return load_student(path)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        raise ScoreError(str(err)) from err
-
-
-def _safetensors_model(path: Path, meta: dict[str, Any] | None, device: str) -> QualityModel:
-    from aikd.geometry.preprocess import InputSpec
-    from aikd.serving.export import student_metadata
-
-    student = _load_student(path)
-    if meta is None:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("aikd", "{}"))
-    stored = meta.get("network_input")
-    if stored and stored != student.input_spec.to_dict():
-        # The exporter saw the student's actual input spec (e.g. one taken over from the teacher); trust it.
-        log.warning("%s: restoring the exported input spec %s (the rebuilt student had %s)", path, stored,
-                    student.input_spec.to_dict())  # fmt: skip
-        student.backbone.input_spec = InputSpec.from_dict(stored)
-    return _torch_model(student, meta or student_metadata(student), path, device)
-
-
-def _metadata_model(
-    meta_path: Path, backend: str, device: str, explicit_device: bool, num_threads: int | None
-) -> QualityModel:
-    meta = _read_metadata(meta_path)
-    files = meta.get("files") or {}
-    onnx_file = meta_path.parent / files["onnx"] if files.get("onnx") else None
-    st_file = meta_path.parent / files["safetensors"] if files.get("safetensors") else None
-    onnx_ok = onnx_file is not None and onnx_file.is_file()
-    st_ok = st_file is not None and st_file.is_file()
-    if backend == "auto":
-        try:
-            import onnxruntime  # noqa: F401
-
-            have_ort = True
-        except ImportError:
-            have_ort = False
-        backend = "onnx" if onnx_ok and (have_ort or not st_ok) else "torch"
-    if backend == "onnx":
-        if not onnx_ok:
-            raise ScoreError(f"{meta_path}: no ONNX file in this export (files: {files}); use --backend torch")
-        return _onnx_model(onnx_file, meta, device, explicit_device, num_threads)
-    if not st_ok:
-        raise ScoreError(
-            f"{meta_path}: no safetensors file in this export (files: {files}); re-export with "
-            "`aikd export ... --formats onnx,safetensors` or use --backend onnx"
-        )
-    return _safetensors_model(st_file, meta, device)
-
-
-def _metadata_in_dir(directory: Path) -> Path:
-    found = []
-    for p in sorted(directory.glob("*.json")):
-        try:
-            if json.loads(p.read_text()).get("format") == METADATA_FORMAT:
-                found.append(p)
-        except (OSError, ValueError, AttributeError):
-            continue
-    if not found:
-        raise ScoreError(
-            f"{directory}: no export metadata (<name>.json with format {METADATA_FORMAT}) in this directory; pass an "
-            ".onnx, .safetensors or .ckpt file, or export the student with `aikd export`"
-        )
-    if len(found) > 1:
-        preferred = [p for p in found if p.name == "student.json"]
-        if preferred:
-            return preferred[0]
-        raise ScoreError(f"{directory}: several exports ({[p.name for p in found]}); pass one of their .json files")
-    return found[0]
-
-
-def load_quality_model(
-    path: str | Path, backend: str = "auto", device: str = "auto", num_threads: int | None = None
-) -> QualityModel:
-    """Load a student for scoring from any of the forms aikd writes.
-
-    Args:
-        path: an export directory, its ``<name>.json`` metadata, an ``.onnx`` file (with ``<name>.json`` beside it),
-            a ``.safetensors`` student, or a Lightning distillation ``.ckpt``.
-        backend: ``"auto"`` (ONNX on onnxruntime when the export has it and onnxruntime is installed, else the
-            safetensors weights on PyTorch), ``"onnx"`` or ``"torch"``.
-        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        num_threads: onnxruntime intra-op threads (``None``: its default).
-
-    Raises:
-        ScoreError: missing or unrecognised file, or a backend the export lacks (the message says what to pass).
-    """
-    if backend not in BACKENDS:
-        raise ScoreError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    explicit_device = device != "auto"
-    device = _resolve_device(device)
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ScoreError(f"model not found: {p} (pass an export directory, .json, .onnx, .safetensors or .ckpt)")
-    if p.is_dir():
-        p = _metadata_in_dir(p)
-    suffix = p.suffix.lower()
-    if suffix == ".json":
-        return _metadata_model(p, backend, device, explicit_device, num_threads)
-    if suffix == ".onnx":
-        if backend == "torch":
-            raise ScoreError(f"{p}: an ONNX file runs on onnxruntime; use --backend auto/onnx or pass the export .json")
-        meta_path = p.with_suffix(".json")
-        if not meta_path.is_file():
-            raise ScoreError(
-                f"{p}: its metadata {meta_path.name} is missing; it holds the alignment template and input size the "
-                "model needs. Keep the .json written by the export next to the .onnx file"
-            )
-        return _onnx_model(p, _read_metadata(meta_path), device, explicit_device, num_threads)
-    if suffix in (".safetensors", ".ckpt"):
-        if backend == "onnx":
-            raise ScoreError(f"{p}: --backend onnx needs an ONNX export; this file runs on PyTorch (--backend torch)")
-        if suffix == ".safetensors":
-            return _safetensors_model(p, None, device)
-        from aikd.serving.export import student_metadata
-
-        student = _load_student(p)
-        return _torch_model(student, student_metadata(student, extra={"source": str(p)}), p, device)
-    raise ScoreError(
-        f"{p}: unsupported model file (suffix {suffix!r}); pass an export directory, .json, .onnx, .safetensors or "
-        ".ckpt"
-    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -681,18 +360,20 @@ def score_images(
     Args:
         paths: image paths; relative ones are read from ``root`` (default: the working directory). Rows carry
             the paths as given.
-        model: a :class:`QualityModel`, or anything :func:`load_quality_model` loads.
+        model: a :class:`~aikd.serving.load.QualityModel`, or anything
+            :func:`~aikd.serving.load.load_quality_model` loads.
         root: folder that relative ``paths`` (and the paths in a landmarks file) are relative to.
         mode: ``"detect"`` (a face detector), ``"landmarks"`` or ``"aligned"``; default ``"landmarks"`` when
             ``landmarks`` is given, else ``"detect"``.
         landmarks: a landmarks CSV in the generic format, or a mapping ``path -> (5, 2)`` array; keys are matched
             to ``paths`` as given (with ``/`` separators).
         batch_size: faces per model call (and images per detector call).
-        device: see :func:`load_quality_model` (used when ``model`` is a path, and for the detector on CUDA).
-        backend: see :func:`load_quality_model` (used when ``model`` is a path).
-        detector: the face detector of ``"detect"`` mode: a name from :data:`aikd.faces.landmarks.DETECTORS`
+        device: see :func:`~aikd.serving.load.load_quality_model` (used when ``model`` is a path, and for the
+            detector on CUDA).
+        backend: see :func:`~aikd.serving.load.load_quality_model` (used when ``model`` is a path).
+        detector: the face detector of ``"detect"`` mode: a name from :data:`aikd.faces.detect.DETECTORS`
             (``"mtcnn"``, the default, or ``"yunet"``), built here with ``min_face_size``, ``device`` and
-            ``num_threads``, or a ready :class:`~aikd.faces.landmarks.FaceDetector` object. Ignored in the other modes.
+            ``num_threads``, or a ready :class:`~aikd.faces.detect.FaceDetector` object. Ignored in the other modes.
         min_face_size: smallest face side in pixels a detector built here looks for.
         workers: threads reading and aligning images ahead of the model (default ``min(4, CPUs)``).
         num_threads: onnxruntime threads of the model and default detector (``None``: onnxruntime's default).
@@ -832,8 +513,8 @@ def _prepared_chunks(
 
 
 def _default_detector(min_face_size: float, device: str, num_threads: int | None, name: str = "mtcnn") -> Any:
-    """The detector ``name`` (see :func:`aikd.faces.landmarks.make_detector`) on the model's device where possible."""
-    from aikd.faces.landmarks import DETECTORS, detector_unavailable, make_detector
+    """The detector ``name`` (see :func:`aikd.faces.detect.make_detector`) on the model's device where possible."""
+    from aikd.faces.detect import DETECTORS, detector_unavailable, make_detector
 
     if name not in DETECTORS:
         raise ScoreError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTORS)}")
@@ -864,7 +545,7 @@ def _detect_and_align(
     months later) says which detector placed the face: the two detectors' points differ by a few percent of the
     face, which moves the scores a little.
     """
-    from aikd.faces.landmarks import detector_name, select_face
+    from aikd.faces.detect import detector_name, select_face
 
     name = detector_name(detector)
     tag = f"; detector={name}" if name else ""
@@ -887,7 +568,7 @@ def _detect_and_align(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Output and command line
+# Output
 
 
 def _fmt(value: float | None, digits: str) -> str:
@@ -903,111 +584,3 @@ def write_scores_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Pat
             w.writerow([r["path"], _fmt(r["quality_0_100"], ".4f"), _fmt(r["quality_raw"], ".8g"), r["status"],
                         r.get("detail") or ""])  # fmt: skip
     return Path(path)
-
-
-def _summary(rows: Sequence[Mapping[str, Any]]) -> str:
-    counts = Counter(r["status"] for r in rows)
-    images = len(rows) - counts["missing"]  # missing rows are landmark rows, not inputs
-    scored = sum(counts[s] for s in SCORED)
-    failed = ", ".join(f"{s} {counts[s]}" for s in STATUSES if s not in (*SCORED, "missing") and counts[s])
-    text = f"scored {scored} of {images} images"
-    if counts["suspect"]:
-        text += f" ({counts['suspect']} suspect: see their detail)"
-    text += f"; {images - scored} failed" + (f" ({failed})" if failed else "")
-    if counts["missing"]:
-        text += f"; {counts['missing']} landmark row(s) name no existing file (status missing)"
-    return text
-
-
-_EPILOG = f"""\
-alignment:
-  default       a detector finds the faces (--detector: mtcnn, the default, or yunet). In a photo
-                with several faces the largest, most central, confident face is scored: the one
-                maximising det_score x (box side / largest box side) x exp(-2 d^2), d = distance of
-                the box centre from the image centre in half-diagonals.
-                The detail names it and the detector: "det_score=0.9987; box=x1,y1,x2,y2; faces=N;
-                detector=mtcnn" (box in pixels, inclusive, may reach past the image).
-  --landmarks   a landmarks CSV (generic format, e.g. from aikd detect-landmarks; paths relative to
-                INPUT's folder). A malformed row is named in the detail of the image it concerns
-                ("landmarks.csv row 7 malformed: ..."); a row naming no existing file gets a row of its
-                own with status missing.
-  --aligned     the images are aligned crops, only resized. An aligned crop must be square (the
-                model's input aspect ratio, within {ASPECT_TOLERANCE:.0%}), at least a quarter of the model's input
-                side (16 px for a 64 px model, 28 px for 112) and cut with the template of the model's
-                metadata (input.alignment). Other images are scored but marked suspect, with details
-                such as "not square (500x250 px)", "tiny (12x12 px)", "flat image (pixel std 0.0)"
-                (a largest per-channel std under {FLAT_STD:g} of 255: a solid colour, no face content).
-
-status (CSV column):
-  ok            scored
-  suspect       scored, but the image is not what --aligned expects; the detail says why
-  unreadable    file missing, empty (0 bytes) or not a decodable image
-  too_small     a side under {MIN_IMAGE_SIDE} px (--aligned, --landmarks), or under --min-face-size (detection)
-  no_face       detection found no face
-  no_landmarks  --landmarks: no usable row for the image (none, empty fields or malformed: see detail)
-  missing       --landmarks: a row names no existing file (these rows follow the inputs)
-"""
-
-
-def main_score(argv: Sequence[str] | None = None) -> int:
-    """``aikd score INPUT --model MODEL --out scores.csv``: quality of every face image in a folder or list.
-
-    Writes one CSV row per input image (``path, quality_0_100, quality_raw, status, detail``); images that cannot
-    be scored are listed with empty scores and the reason, suspect ones with their score and the problem (see
-    :data:`STATUSES` and the ``--help`` epilog). Exit code 0 when at least one image was scored (``ok`` or
-    ``suspect``), 1 when none was, 2 on bad arguments.
-    """
-    parser = argparse.ArgumentParser(
-        prog="aikd score",
-        description="Score the quality of every face image in a folder (recursive), a list file or one image, with "
-        "a student from aikd's distillation; writes one CSV row per image, failures included.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("input", help="folder of images (recursive), one image, or a text file listing images")
-    parser.add_argument(
-        "-m", "--model", required=True,
-        help="export directory, its .json, an .onnx (with its .json beside it), a .safetensors student or a .ckpt",
-    )  # fmt: skip
-    parser.add_argument("-o", "--out", required=True, help="CSV file to write")
-    how = parser.add_mutually_exclusive_group()
-    how.add_argument("--landmarks", default=None, help="landmarks CSV (generic format) instead of detecting faces")
-    how.add_argument("--aligned", action="store_true", help="inputs are aligned crops: only resize them (see below)")
-    parser.add_argument("--batch-size", type=int, default=32, help="faces per model call (default 32)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: ONNX if exported, else torch")
-    parser.add_argument(
-        "--detector", choices=DETECTORS, default="mtcnn",
-        help="face detector when detecting (default mtcnn; yunet is faster); ignored with --landmarks or --aligned",
-    )  # fmt: skip
-    parser.add_argument(
-        "--min-face-size", type=float, default=20.0, help="detection: smallest face side in px (default 20)"
-    )
-    parser.add_argument("--workers", type=int, default=None, help="image reading threads (default min(4, CPUs))")
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: its own)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits on --help (0) and on bad arguments (2)
-        return int(exc.code or 0)
-    if args.batch_size < 1:
-        print(f"aikd score: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
-        return 2
-    try:
-        root, paths = find_images(args.input)
-        if args.landmarks is not None and not Path(args.landmarks).expanduser().is_file():
-            raise ScoreError(f"landmarks file not found: {args.landmarks}")
-        model = load_quality_model(args.model, backend=args.backend, device=args.device, num_threads=args.threads)
-        log.info("model: %r; %d image(s) from %s", model, len(paths), args.input)
-        rows = score_images(
-            paths, model, root=root, mode="aligned" if args.aligned else None, landmarks=args.landmarks,
-            batch_size=args.batch_size, device=args.device, detector=args.detector, min_face_size=args.min_face_size,
-            workers=args.workers,
-            num_threads=args.threads, progress=not args.quiet,
-        )  # fmt: skip
-    except ScoreError as err:
-        print(f"aikd score: {err}", file=sys.stderr)
-        return 2
-    out = write_scores_csv(rows, Path(args.out).expanduser())
-    print(f"aikd score: {_summary(rows)} -> {out}", file=sys.stderr)
-    return 0 if any(r["status"] in SCORED for r in rows) else 1

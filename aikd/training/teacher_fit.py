@@ -11,8 +11,8 @@ A ``conf/teacher/<name>.yaml`` instantiates a :class:`TeacherSpec` (cheap: no mo
 
 Training is the same for every trainable teacher: :func:`train_teacher` builds the objective the teacher declares
 (``Teacher.objective``; the ``fit`` keys besides :data:`FIT_KEYS` are its options), lets it prepare what it needs
-from the training data (:meth:`aikd.training.losses.TeacherObjective.prepare`, e.g. RI's unrecognisable faces) and fits
-:class:`aikd.training.TeacherTrainingModule`. Nothing here names a teacher or an objective.
+from the training data (:meth:`aikd.training.objectives.TeacherObjective.prepare`, e.g. RI's unrecognisable faces) and
+fits :class:`aikd.training.TeacherTrainingModule`. Nothing here names a teacher or an objective.
 
 Teachers without a calibration get one fitted on their training-set scores (empirical CDF, 0..100).
 """
@@ -36,7 +36,7 @@ from aikd.geometry.align import Canvas
 from aikd.models.calibration import Calibration
 from aikd.models.teacher import TEACHERS, EmbeddingTeacher, Teacher, load_teacher, save_teacher
 from aikd.training.cache import feature_cache  # backbone features, keyed by the backbone alone
-from aikd.training.losses import OBJECTIVES, FitContext, TeacherObjective
+from aikd.training.objectives import OBJECTIVES, FitContext, TeacherObjective
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ class TeacherSpec:
 
     def objective_class(self) -> type[TeacherObjective]:
         """The objective ``fit`` trains with: the teacher's own (``Teacher.objective``), or the registered one
-        ``fit.objective`` names (any teacher can be trained with a generic objective of :mod:`aikd.training.losses`).
+        ``fit.objective`` names (any teacher can be trained with a generic objective of
+        :mod:`aikd.training.objectives`).
 
         Raises:
             TypeError: the recipe names no objective and the teacher declares none (it is not trainable here).

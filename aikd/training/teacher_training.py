@@ -3,10 +3,9 @@
 The module owns what every trainable teacher shares: an *unfrozen* :class:`~aikd.models.teacher.EmbeddingTeacher`
 (backbone -> projection -> embedding [-> quality head]), a margin-softmax classifier over the training identities,
 the optimiser and the per-epoch loss log. What the teacher learns comes from its objective, a
-:class:`~aikd.training.losses.TeacherObjective` the teacher declares itself (``Teacher.objective``): the generic ones
-live in :mod:`aikd.training.losses` (``crfiqa``, ``magface``, ``adaface``), a teacher-specific one in the teacher's own
-file
-(``teachers/ri.py``). Nothing here names a teacher or an objective.
+:class:`~aikd.training.objectives.TeacherObjective` the teacher declares itself (``Teacher.objective``): the generic
+ones live in :mod:`aikd.training.objectives` (``crfiqa``, ``magface``, ``adaface``), a teacher-specific one in the
+teacher's own file (``teachers/ri.py``). Nothing here names a teacher or an objective.
 
 Batches are either cached backbone features (``{"features", "identity"}``: the frozen-backbone recipe, fast
 on CPU) or canvases from :class:`~aikd.data.FaceDataModule` (the teacher's crop is cut on the device).
@@ -26,7 +25,8 @@ from aikd.geometry.align import crop
 from aikd.geometry.misalign import Misalignment, misalign
 from aikd.models.teacher import EmbeddingTeacher
 from aikd.training.callbacks import silence_lightning_tips
-from aikd.training.losses import TeacherObjective, create_margin_head
+from aikd.training.margins import create_margin_head
+from aikd.training.objectives import TeacherObjective
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ class TeacherTrainingModule(pl.LightningModule):
     Args:
         teacher: an unfrozen :class:`EmbeddingTeacher` (built through the registry, not ``create_teacher``).
         num_classes: number of training identities.
-        objective: the objective, already prepared (:meth:`~aikd.training.losses.TeacherObjective.prepare`) if it needs
-            data; ``None`` builds the teacher's own (``teacher.objective``) with default options.
+        objective: the objective, already prepared (:meth:`~aikd.training.objectives.TeacherObjective.prepare`) if it
+            needs data; ``None`` builds the teacher's own (``teacher.objective``) with default options.
         head: margin-head settings, e.g. ``{"name": "arcface", "s": 64.0, "m": 0.5}`` (the name defaults to the
             objective's ``default_head``: ArcFace for CR-FIQA/RI as in the papers, MagFace/AdaFace heads for those).
         optimizer: partial optimiser (``params -> Optimizer``).
@@ -51,7 +51,7 @@ class TeacherTrainingModule(pl.LightningModule):
 
     Raises:
         ValueError: the teacher is frozen, declares no objective, or its objective cannot train it
-            (:meth:`~aikd.training.losses.TeacherObjective.check`, e.g. no quality head, or RI without UI features).
+            (:meth:`~aikd.training.objectives.TeacherObjective.check`, e.g. no quality head, or RI without UI features).
     """
 
     def __init__(

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from aikd.models.backbones.base import FaceBackbone, create_backbone
+from aikd.models.backbones.depths import IR_UNITS, IRESNET_LAYERS
 
 __all__ = [
     "DEFAULT_STRIP_PREFIXES",
@@ -219,9 +220,6 @@ def detect_format(obj: Any, source: str | Path | None = None) -> CheckpointInfo:
         ValueError: the checkpoint is none of the known formats (the message lists its first keys), or holds
             several backbones.
     """
-    from aikd.models.backbones.iresnet import IRESNET_LAYERS
-    from aikd.models.backbones.irse import IR_UNITS
-
     src = _source_name(obj, source)
     loaded = read_checkpoint(obj) if isinstance(obj, (str, Path)) else obj
     sd = state_dict_of(loaded, src)
@@ -399,9 +397,6 @@ class _WithQualityHead(nn.Module):
 
 
 def _check_arch(arch: str | None, family: str, loader: str) -> None:
-    from aikd.models.backbones.iresnet import IRESNET_LAYERS
-    from aikd.models.backbones.irse import IR_UNITS
-
     known = IRESNET_LAYERS if family == "iresnet" else IR_UNITS
     if arch is not None and arch not in known:
         raise ValueError(f"{loader}: arch must be one of {', '.join(known)} (or None to infer it), got '{arch}'")

@@ -38,18 +38,11 @@ from aikd.geometry.align import Geometry
 from aikd.geometry.preprocess import InputSpec
 from aikd.models.backbones import checkpoints
 from aikd.models.backbones.base import FaceBackbone, register_backbone
+from aikd.models.backbones.depths import IRESNET_LAYERS
 
-__all__ = ["IBasicBlock", "IResNet", "IRESNET_LAYERS", "PRESETS", "iresnet18", "iresnet34", "iresnet50", "iresnet100"]
+__all__ = ["IBasicBlock", "IResNet", "PRESETS", "iresnet18", "iresnet34", "iresnet50", "iresnet100"]
 
 log = logging.getLogger(__name__)
-
-#: Residual blocks per stage for each depth (the insightface definitions).
-IRESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
-    "iresnet18": (2, 2, 2, 2),
-    "iresnet34": (3, 4, 6, 3),
-    "iresnet50": (3, 4, 14, 3),
-    "iresnet100": (3, 13, 30, 3),
-}
 
 _ARCFACE_GEOMETRY = Geometry(size=112, template="arcface")
 
@@ -123,7 +116,7 @@ class IResNet(FaceBackbone):
     """iResNet face recognition backbone with the insightface module layout.
 
     Args:
-        layers: residual blocks in each of the four stages (see :data:`IRESNET_LAYERS`).
+        layers: residual blocks in each of the four stages (see :data:`~aikd.models.backbones.depths.IRESNET_LAYERS`).
         arch: name used in messages and checkpoint errors (e.g. ``"iresnet50"``).
         num_features: embedding size.
         dropout: dropout probability before ``fc`` (training only).
@@ -219,7 +212,7 @@ def build_iresnet(
     """Build an iResNet by name, optionally loading a checkpoint in any supported official format.
 
     Args:
-        arch: one of :data:`IRESNET_LAYERS`.
+        arch: one of :data:`~aikd.models.backbones.depths.IRESNET_LAYERS`.
         weights: path to (or already loaded) checkpoint: a plain insightface ``backbone.pth``, a DataParallel
             (``module.``) state dict, a CR-FIQA checkpoint (its ``qs`` quality head is skipped; use
             :func:`~aikd.models.backbones.checkpoints.load_crfiqa` to keep it) or a MagFace checkpoint. ``None``

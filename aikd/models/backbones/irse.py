@@ -28,16 +28,9 @@ from aikd.geometry.align import Geometry
 from aikd.geometry.preprocess import InputSpec
 from aikd.models.backbones import checkpoints
 from aikd.models.backbones.base import FaceBackbone, register_backbone
+from aikd.models.backbones.depths import IR_UNITS
 
-__all__ = ["BasicBlockIR", "IRNet", "IR_UNITS", "ADAFACE_SPEC", "build_ir", "ir_18", "ir_50", "ir_101"]
-
-#: Blocks per stage. AdaFace's "IR-101" has 100 layers (3-13-30-3), the same depth as insightface's iResNet-100.
-IR_UNITS: dict[str, tuple[int, int, int, int]] = {
-    "ir_18": (2, 2, 2, 2),
-    "ir_34": (3, 4, 6, 3),
-    "ir_50": (3, 4, 14, 3),
-    "ir_101": (3, 13, 30, 3),
-}
+__all__ = ["BasicBlockIR", "IRNet", "ADAFACE_SPEC", "build_ir", "ir_18", "ir_50", "ir_101"]
 
 #: AdaFace input: ArcFace 112x112 crop, BGR, ``(x - 0.5) / 0.5``.
 ADAFACE_SPEC = InputSpec(
@@ -75,7 +68,7 @@ class IRNet(FaceBackbone):
     """AdaFace IR backbone producing raw (un-normalised) 512-d embeddings from 112x112 BGR faces.
 
     Args:
-        units: blocks per stage (see :data:`IR_UNITS`).
+        units: blocks per stage (see :data:`~aikd.models.backbones.depths.IR_UNITS`).
         arch: name used in messages (``"ir_50"``...).
         embedding_dim: embedding size (512 in every released model).
         dropout: dropout before the linear layer (training only; AdaFace uses 0.4).
@@ -131,7 +124,7 @@ def build_ir(arch: str, weights: str | Path | dict[str, Any] | None = None, **kw
     """Build an AdaFace IR backbone, optionally loading weights.
 
     Args:
-        arch: one of :data:`IR_UNITS`.
+        arch: one of :data:`~aikd.models.backbones.depths.IR_UNITS`.
         weights: an AdaFace Lightning ``.ckpt`` (``state_dict`` with ``model.`` keys; the margin head is
             skipped), a plain or DataParallel state dict of the backbone, a path or an already loaded object.
         **kwargs: forwarded to :class:`IRNet` (``input_spec``, ``dropout``...).
