@@ -38,6 +38,18 @@ def cfp_root() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def celeba_root() -> Path:
+    """CelebA 10k root from ``$AIKD_DATA/celeba10k``; tests using it are skipped (with the reason) when unset."""
+    value = os.environ.get("AIKD_DATA")
+    if not value:
+        pytest.skip("AIKD_DATA is not set (point it at the shared data folder holding celeba10k/)")
+    root = Path(value).expanduser() / "celeba10k"
+    if not root.is_dir():
+        pytest.skip(f"no CelebA 10k data at {root}")
+    return root
+
+
 def random_landmarks(rng: np.random.Generator, n: int, size: int = 200, roll: float = 20.0) -> np.ndarray:
     """Plausible 5-point landmarks: the ArcFace template scaled, rolled and placed in a ``size`` image."""
     base = template_points(Geometry(size=112)) - 55.5

@@ -48,7 +48,8 @@ def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
 
 
 def test_every_group_has_options() -> None:
-    for group in ("data", "teacher", "student", "misalign", "model", "trainer", "logger", "callbacks", "paths"):
+    groups = ("data", "teacher", "student", "misalign", "degrade", "model", "trainer", "logger", "callbacks", "paths")
+    for group in groups:
         assert list_options(group), group
     for group in ("hydra", "experiment", "hparams_search", "evaluation"):
         assert (CONF / group).is_dir(), group
@@ -74,6 +75,26 @@ def test_misalign_options(compose_cfg: Callable[..., DictConfig], option: str) -
     lm = torch.tensor([[[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]]]).repeat(4, 1, 1) + 40
     crops = module(torch.rand(4, 3, 200, 200), lm, Geometry(size=112), generator=torch.Generator().manual_seed(0))
     assert crops.shape == (4, 3, 112, 112)
+
+
+@pytest.mark.parametrize("option", _options("degrade"))
+def test_degrade_options(compose_cfg: Callable[..., DictConfig], option: str) -> None:
+    """Every degradation composes with the online teacher (which degraded faces need), builds, and keeps a canvas'
+    shape and dtype; ``none`` is no degradation at all."""
+    import numpy as np
+
+    from aikd.data.degrade import Degradation
+
+    cfg = compose_cfg(f"degrade={option}", "stage.distill.teacher_mode=online")
+    if cfg.degrade is None:
+        assert option == "none"
+        return
+    degradation = instantiate(cfg.degrade)
+    assert isinstance(degradation, Degradation) and degradation.seed == cfg.seed
+    canvas = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    for row in range(4):
+        out = degradation(canvas, row, epoch=0)
+        assert out.shape == canvas.shape and out.dtype == np.uint8
 
 
 @pytest.mark.parametrize("option", _options("teacher"))
@@ -174,7 +195,9 @@ def test_logger_options(
 def test_evaluation_options(compose_cfg: Callable[..., DictConfig], option: str) -> None:
     cfg = compose_cfg(f"evaluation={option}")
     ev = cfg.evaluation
-    assert set(ev.conditions) <= set(list_options("misalign"))
+    from aikd.evaluation.detector import DETECTOR_CONDITIONS
+
+    assert set(ev.conditions) <= set(list_options("misalign")) | set(DETECTOR_CONDITIONS)
     assert ev.protocol in ("all_pairs", "cfp_ff", "cfp_fp", "lfw")
     for op in ev.operating_points:
         from aikd.evaluation import parse_operating_point

@@ -70,7 +70,11 @@ def build_datamodule(ctx: RunContext) -> Any:
     from hydra.utils import instantiate
 
     def build() -> Any:
-        dm = instantiate(ctx.cfg.data, _convert_="partial")
+        # conf/degrade: photometric degradations of the distillation training faces (the datamodule applies them
+        # to its training loader only); `degrade: null` (degrade=none) leaves every face clean.
+        node = ctx.cfg.get("degrade")
+        extra = {} if node is None else {"degrade": instantiate(node, _convert_="all")}
+        dm = instantiate(ctx.cfg.data, _convert_="partial", **extra)
         dm.prepare_data()
         return dm
 
@@ -319,6 +323,11 @@ def _distill(ctx: RunContext) -> None:
                 "data.augment changes pixels, so cached teacher scores would be wrong: set "
                 "stage.distill.teacher_mode=online (or data.augment=null)"
             )
+        if getattr(dm, "degrades", False):
+            raise ValueError(
+                "degrade degrades the training faces, but the teacher-score cache holds scores of clean faces: set "
+                "stage.distill.teacher_mode=online (or degrade=none)"
+            )
         root = _cache_root(cfg) / "teacher_scores"
         dev = _device(cfg)
         # DDP (trainer devices x nodes > 1, e.g. trainer=ddp_cpu or trainer=ddp): the teacher pass is sharded over the
@@ -389,8 +398,26 @@ def _export(ctx: RunContext) -> None:
 
 
 def condition_label(name: str) -> str:
-    """Report label of a misalignment preset (``none`` reads as ``aligned``)."""
-    return "aligned" if name == "none" else name
+    """Report label of an evaluation condition (``none`` reads as ``aligned``, ``yunet`` as ``detector=yunet``)."""
+    from aikd.evaluation.detector import detector_condition_label, is_detector_condition
+
+    if name == "none":
+        return "aligned"
+    return detector_condition_label(name) if is_detector_condition(name) else name
+
+
+def build_condition(ctx: RunContext, name: str, index: Any) -> Any:
+    """An entry of ``evaluation.conditions``: a ``conf/misalign`` preset, or a detector's name (``yunet``): the
+    quality methods' inputs cut from that detector's landmarks on the evaluated photos (detected once, cached;
+    :mod:`aikd.evaluation.detector`)."""
+    from hydra.utils import instantiate
+
+    from aikd.config import load_option
+    from aikd.evaluation.detector import detector_condition, is_detector_condition
+
+    if is_detector_condition(name):
+        return detector_condition(index, name)
+    return instantiate(load_option("misalign", name))
 
 
 def build_pairs(ctx: RunContext, index: Any) -> Any:
@@ -423,6 +450,23 @@ def build_comparator(ctx: RunContext) -> Any:
     from aikd.models.backbones import create_backbone
 
     return create_backbone(ccfg.name, weights=ccfg.get("weights"), **dict(ccfg.get("kwargs") or {})).eval()
+
+
+def build_extra_comparators(ctx: RunContext) -> dict[str, Any]:
+    """``evaluation.extra_comparators``: further FR backbones whose comparison scores the report also uses (name ->
+    backbone). An entry is a backbone name (with its default weights: ``facenet``, ``sface``) or ``{name: ...,
+    weights: ..., kwargs: ...}``."""
+    from aikd.models.backbones import create_backbone
+
+    out: dict[str, Any] = {}
+    for entry in ctx.cfg.evaluation.get("extra_comparators") or []:
+        if isinstance(entry, str):
+            out[entry] = create_backbone(entry).eval()
+        else:
+            spec = OmegaConf.to_container(entry, resolve=True)
+            name = str(spec["name"])
+            out[name] = create_backbone(name, weights=spec.get("weights"), **dict(spec.get("kwargs") or {})).eval()
+    return out
 
 
 class _TeacherEmbedding:
@@ -527,9 +571,7 @@ def describe_method(name: str, ctx: RunContext) -> str:
 
 @stage("evaluate")
 def _evaluate(ctx: RunContext) -> None:
-    from hydra.utils import instantiate
-
-    from aikd.config import load_option
+    from aikd.evaluation.detector import DetectorLandmarks
     from aikd.evaluation.runner import evaluate
 
     ecfg = ctx.cfg.evaluation
@@ -537,8 +579,15 @@ def _evaluate(ctx: RunContext) -> None:
     index = dm.index(ecfg.split)
     pairs = build_pairs(ctx, index)
     comparator = build_comparator(ctx)
+    extra_comparators = build_extra_comparators(ctx)
     methods = build_methods(ctx, index, comparator)
-    conditions = {condition_label(n): instantiate(load_option("misalign", n)) for n in ecfg.conditions}
+    conditions = {condition_label(str(n)): build_condition(ctx, str(n), index) for n in ecfg.conditions}
+    # detector conditions: how the detector did on the evaluated faces (those of the pairs with landmarks)
+    rows = np.unique(pairs.images())
+    rows = rows[index.has_landmarks[rows]]
+    detectors = {k: c for k, c in conditions.items() if isinstance(c, DetectorLandmarks)}
+    notes = {k: c.describe(rows, index.landmarks) for k, c in detectors.items()}
+    detector_summary = {k: c.summary(rows, index.landmarks) for k, c in detectors.items()}
     out = ctx.output_dir / "evaluation"
     res = evaluate(
         index,
@@ -561,20 +610,22 @@ def _evaluate(ctx: RunContext) -> None:
             "split": ecfg.split,
             "comparator": ecfg.comparator.name,
             "methods": {name: describe_method(name, ctx) for name in methods},
+            **({"condition_notes": notes, "detector_conditions": detector_summary} if detectors else {}),
         },
+        extra_comparators=extra_comparators,
     )
-    summary: dict[str, Any] = {}
-    for cond, per_method in res.results.items():
-        for method, r in per_method.items():
-            for op, v in r["operating_points"].items():
-                for lim, p in v["pauc"].items():
-                    summary[f"{method}/{cond}/{op}/pauc{lim}"] = p["normalised"]
+    summary = _pauc_summary(res.results)
     from aikd.evaluation.report import text_table
 
-    ctx.components["evaluation_table"] = (
-        f"comparison scores: {ecfg.comparator.name}; faces: {index.root} ({ecfg.split})\n"
-        + text_table(res.results, limit=float(list(ecfg.limits)[0]))
+    limit = float(list(ecfg.limits)[0])
+    table = f"comparison scores: {ecfg.comparator.name}; faces: {index.root} ({ecfg.split})\n" + text_table(
+        res.results, limit=limit
     )
+    for name, extra in res.extra_comparators.items():
+        table += f"\n\ncomparison scores: {name} (extra comparator)\n" + text_table(extra["results"], limit=limit)
+    for label, s in detector_summary.items():
+        table += f"\n{label}: no face found on {s['n_fallback']} of {s['n_images']} faces ({s['fallback']})"
+    ctx.components["evaluation_table"] = table
     ctx.results["evaluation"] = {
         "dir": str(out),
         "pauc_normalised": summary,
@@ -582,9 +633,30 @@ def _evaluate(ctx: RunContext) -> None:
     }
     if res.bootstrap is not None:  # student - teacher (and - references) with intervals: read by `aikd compare-runs`
         ctx.results["evaluation"]["bootstrap"] = res.bootstrap
+    if detectors:
+        ctx.results["evaluation"]["detector_conditions"] = detector_summary
+    if res.extra_comparators:  # reported beside the primary figures, not in `metrics` (those stay the primary's)
+        ctx.results["evaluation"]["extra_comparators"] = {
+            name: {
+                "pauc_normalised": _pauc_summary(x["results"]),
+                "fr": {k: x["fr"][k] for k in ("eer", "fnmr_at_fmr")},
+            }
+            for name, x in res.extra_comparators.items()
+        }
     ctx.results.setdefault("metrics", {}).update(summary)
     _log_evaluation(ctx, res)
     log.info("evaluation report: %s", res.paths.get("markdown"))
+
+
+def _pauc_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """``{"<method>/<condition>/<operating point>/pauc<limit>": normalised pAUC}`` of one evaluation's results."""
+    summary: dict[str, Any] = {}
+    for cond, per_method in results.items():
+        for method, r in per_method.items():
+            for op, v in r["operating_points"].items():
+                for lim, p in v["pauc"].items():
+                    summary[f"{method}/{cond}/{op}/pauc{lim}"] = p["normalised"]
+    return summary
 
 
 def _wandb_run(ctx: RunContext) -> Any:

@@ -136,16 +136,18 @@ def adapt_to_teacher(cfg: DictConfig) -> list[str]:
 
 def _check_evaluation(cfg: DictConfig, problems: list[str]) -> None:
     from aikd.config import list_options
+    from aikd.evaluation.detector import DETECTOR_CONDITIONS
     from aikd.models.backbones import list_backbones
 
     ecfg = cfg.evaluation
     stages = list(cfg.stages)
     presets = list_options("misalign")
     for c in ecfg.get("conditions") or []:
-        if str(c) not in presets:
+        if str(c) not in presets and str(c) not in DETECTOR_CONDITIONS:
             problems.append(
-                f"evaluation.conditions: unknown condition '{c}'{did_you_mean(c, presets)}; conditions are "
-                f"conf/misalign options: {', '.join(presets)}"
+                f"evaluation.conditions: unknown condition '{c}'{did_you_mean(c, [*presets, *DETECTOR_CONDITIONS])}; "
+                f"conditions are conf/misalign options ({', '.join(presets)}) or a face detector, whose landmarks "
+                f"cut the quality methods' inputs ({', '.join(DETECTOR_CONDITIONS)})"
             )
     from aikd.evaluation.edc import parse_operating_point
 
@@ -176,6 +178,7 @@ def _check_evaluation(cfg: DictConfig, problems: list[str]) -> None:
             f"evaluation.comparator.name: unknown FR model '{comparator}'{did_you_mean(comparator, backbones)}; use "
             f"'teacher' (the teacher's embedding) or a backbone: {', '.join(backbones)}"
         )
+    _check_extra_comparators(ecfg, comparator, backbones, problems)
     teachers = list_options("teacher")
     for m in ecfg.get("methods") or []:
         m = str(m)
@@ -212,6 +215,47 @@ def _check_evaluation(cfg: DictConfig, problems: list[str]) -> None:
         problems.append(f"evaluation.student={student}: no such file (a student .safetensors or a distillation .ckpt)")
 
 
+def _check_extra_comparators(ecfg: DictConfig, primary: str, backbones: Sequence[str], problems: list[str]) -> None:
+    """``evaluation.extra_comparators``: a list of FR backbone names (their default weights) or ``{name, weights}``."""
+    import inspect
+
+    from aikd.models.backbones.base import BACKBONES
+
+    extras = ecfg.get("extra_comparators")
+    if extras is None:
+        return
+    if not OmegaConf.is_list(extras):
+        problems.append(
+            f"evaluation.extra_comparators must be a list of FR backbone names (e.g. [facenet]), got {extras!r}"
+        )
+        return
+    seen: set[str] = set()
+    for i, entry in enumerate(extras):
+        key = f"evaluation.extra_comparators[{i}]"
+        named = isinstance(entry, str)
+        name = entry if named else (entry.get("name") if OmegaConf.is_dict(entry) else None)
+        if name is None:
+            problems.append(f"{key}: give a backbone name (e.g. facenet) or {{name: <backbone>, weights: <file>}}")
+            continue
+        name = str(name)
+        if name not in backbones or name == "timm":
+            problems.append(
+                f"{key}: unknown FR backbone '{name}'{did_you_mean(name, backbones)}; backbones: {', '.join(backbones)}"
+            )
+            continue
+        if name in seen or name == primary:
+            why = "the primary comparator (evaluation.comparator.name)" if name == primary else "listed twice"
+            problems.append(f"{key}: '{name}' is {why}; each extra comparator is another FR model")
+        seen.add(name)
+        if named:
+            param = inspect.signature(BACKBONES.get(name)).parameters.get("weights")
+            if param is None or param.default is None:
+                problems.append(
+                    f"{key}: backbone '{name}' has no default weights (its comparison scores would come from random "
+                    f"weights): give them, {{name: {name}, weights: <checkpoint>}}, or use facenet or sface"
+                )
+
+
 def _check_data(cfg: DictConfig, problems: list[str]) -> None:
     data = cfg.get("data")
     if data is None:
@@ -222,12 +266,16 @@ def _check_data(cfg: DictConfig, problems: list[str]) -> None:
         if OmegaConf.is_missing(data, "root"):
             problems.append("data.root is required with data=folder: python train.py data=folder data.root=/your/faces")
         elif not Path(str(data.root)).expanduser().is_dir():
-            problems.append(f"data.root={data.root}: no such folder (expected <identity>/<image> folders)")
+            problems.append(
+                f"data.root={data.root}: no such folder (expected <identity>/<image> folders)"
+                + _data_dir_hint(cfg, Path(str(data.root)))
+            )
         if data.get("val_root") and not Path(str(data.val_root)).expanduser().is_dir():
             problems.append(f"data.val_root={data.val_root}: no such folder")
         return
-    for split in ("train", "val", "test"):
-        node = data.get(split)
+    nodes = [(f"data.{split}", data.get(split)) for split in ("train", "val", "test")]
+    nodes += [(f"data.extra_train[{i}]", node) for i, node in enumerate(data.get("extra_train") or [])]
+    for key, node in nodes:
         if node is None or "root" not in node:
             continue
         kind = str(node.get("_target_", ""))
@@ -236,15 +284,65 @@ def _check_data(cfg: DictConfig, problems: list[str]) -> None:
         root = Path(str(node.root)).expanduser()
         if kind.endswith("CFPSource") and not (root / "Data" / "Images").is_dir():
             problems.append(
-                f"data.{split}.root={root}: CFP not found there; set the AIKD_DATA environment variable (or "
+                f"{key}.root={root}: CFP not found there; set the AIKD_DATA environment variable (or "
                 "paths.data_dir) to the folder holding cfp/Data and cfp/Protocol"
             )
         elif not kind.endswith("CFPSource") and not root.exists():
-            problems.append(f"data.{split}.root={root}: no such file or folder")
+            problems.append(f"{key}.root={root}: no such file or folder" + _data_dir_hint(cfg, root))
     if data.get("augment") is not None and str(stage_settings(cfg, "distill").get("teacher_mode", "cache")) == "cache":
         problems.append(
             "data.augment changes pixels, so cached teacher scores would be wrong: set "
             "stage.distill.teacher_mode=online (or data.augment=null)"
+        )
+
+
+def _data_dir_hint(cfg: DictConfig, root: Path) -> str:
+    """How to fix a missing data set that a data option places under ``paths.data_dir`` (``$AIKD_DATA``), e.g.
+    ``data=celeba10k``: the usual cause is an unset or wrong environment variable, not a wrong option."""
+    try:
+        data_dir = Path(str(cfg.paths.data_dir)).expanduser().resolve()
+        part = root.expanduser().resolve().relative_to(data_dir).parts[0]
+    except Exception:  # no paths group, an unresolvable value, or a root elsewhere: nothing to add
+        return ""
+    return f"; set the AIKD_DATA environment variable (or paths.data_dir) to the folder holding {part}/"
+
+
+def _degrade_choice() -> str:
+    """The ``degrade`` option a run was composed with (for messages), or ``<option>`` outside a Hydra run."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return str(HydraConfig.get().runtime.choices.get("degrade") or "<option>")
+    except ValueError:  # pragma: no cover - a half-initialised Hydra config
+        pass
+    return "<option>"
+
+
+def _check_degrade(cfg: DictConfig, problems: list[str]) -> None:
+    """``degrade`` (conf/degrade): the pipeline must build, and degraded training faces need the online teacher.
+
+    The teacher-score cache holds the teacher's scores of the *clean* faces (it is computed once per teacher and
+    data and shared by every run), so with degraded faces the student would learn clean-face scores for degraded
+    faces: exactly the opposite of the point.
+    """
+    node = cfg.get("degrade")
+    if node is None:
+        return
+    from hydra.utils import instantiate
+
+    choice = _degrade_choice()
+    try:
+        degradation = instantiate(node, _convert_="all")
+    except Exception as err:  # noqa: BLE001 - any construction error of the pipeline is a config problem
+        problems.append(f"degrade={choice}: the degradation pipeline cannot be built ({err})")
+        return
+    mode = str(stage_settings(cfg, "distill").get("teacher_mode", "cache"))
+    if getattr(degradation, "active", True) and mode == "cache":
+        problems.append(
+            f"degrade={choice} degrades the training faces, but stage.distill.teacher_mode=cache gives the teacher's "
+            "cached scores of the clean faces: set stage.distill.teacher_mode=online (the teacher then scores each "
+            "degraded face), or degrade=none"
         )
 
 
@@ -364,6 +462,8 @@ def validate_run(cfg: DictConfig, stages: Iterable[str]) -> list[str]:
     except DeviceError as err:
         problems.append(f"trainer.accelerator={accelerator}: {err}")
     _check_data(cfg, problems)
+    if "distill" in run_stages:
+        _check_degrade(cfg, problems)
     n_before = len(problems)
     _check_teacher(cfg, problems)
     # Adapting needs a known teacher; the other checks go on either way, so one run lists every problem.

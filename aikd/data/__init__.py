@@ -15,6 +15,7 @@ _EXPORTS = {
     "FaceRows": "aikd.data.dataset",
     "read_image": "aikd.data.dataset",
     "FaceDataModule": "aikd.data.datamodule",
+    "Degradation": "aikd.data.degrade",
     "DataError": "aikd.data.index",
     "FaceIndex": "aikd.data.index",
     "read_folder": "aikd.data.index",

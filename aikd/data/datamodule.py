@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from aikd.data.dataset import AlignedFaces, collate_faces
-from aikd.data.index import FaceIndex
+from aikd.data.index import FaceIndex, concat_indices
 from aikd.data.sources import FaceSource
 from aikd.geometry.align import Canvas
 
@@ -62,12 +62,18 @@ class EpochShuffleSampler(Sampler[int]):
 
     Lightning calls :meth:`set_epoch` before every epoch, and the stateful loader fast-forwards within an
     epoch on resume, so a resumed run visits exactly the samples the uninterrupted one would have.
+
+    With ``tag_epoch=True`` it yields ``(epoch, position)`` pairs instead of positions: the epoch then travels with
+    each index to whichever loader worker reads the face (:class:`~aikd.data.dataset.AlignedFaces` accepts both),
+    so per-face random draws made there (:mod:`aikd.data.degrade`) can depend on the epoch without any state
+    shared between processes.
     """
 
-    def __init__(self, n: int, seed: int = 0) -> None:
+    def __init__(self, n: int, seed: int = 0, tag_epoch: bool = False) -> None:
         self.n = int(n)
         self.seed = int(seed)
         self.epoch = 0
+        self.tag_epoch = bool(tag_epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -77,7 +83,8 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g).tolist()
+        return iter([(self.epoch, i) for i in order] if self.tag_epoch else order)
 
 
 class DistributedEpochShuffleSampler(DistributedSampler):
@@ -90,9 +97,9 @@ class DistributedEpochShuffleSampler(DistributedSampler):
     ``DistributedSampler`` does, the order is padded with its first positions to a multiple of ``R``.
     """
 
-    def __init__(self, n: int, seed: int, num_replicas: int, rank: int) -> None:
+    def __init__(self, n: int, seed: int, num_replicas: int, rank: int, tag_epoch: bool = False) -> None:
         super().__init__(range(int(n)), num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed)
-        self.base = EpochShuffleSampler(n, seed)
+        self.base = EpochShuffleSampler(n, seed, tag_epoch=tag_epoch)
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
@@ -118,11 +125,17 @@ class FaceDataModule(pl.LightningDataModule):
         num_workers: loader worker processes (``0`` loads in the main process); ``"auto"`` = the usable CPU
             cores. More than there are usable cores is capped at that (see :func:`resolve_workers`).
         augment: optional albumentations transform (photometric only) for training canvases.
+        degrade: optional :class:`~aikd.data.degrade.Degradation` (``conf/degrade``): photometric degradations of
+            the distillation training canvases only (:meth:`train_dataloader`; teacher training, validation and
+            evaluation see clean faces), reproducible per ``(seed, epoch, row)``.
         strict: raise on the first bad sample instead of skipping and counting it.
         missing_landmarks: ``"skip"``, ``"error"`` or ``"centre"`` (see :class:`AlignedFaces`).
         pin_memory: pin host memory (useful on GPU).
         seed: seed of the training shuffle (its own generator: the order does not depend on what else drew
             random numbers, and it is restored on resume).
+        extra_train: more sources whose faces join the training split only (concatenated after ``train``, see
+            :func:`aikd.data.index.concat_indices`), e.g. faces that widen the quality range the student sees but
+            are no benchmark (``data=cfp_celeba``); validation and test stay ``val``/``test`` alone.
     """
 
     def __init__(
@@ -139,14 +152,18 @@ class FaceDataModule(pl.LightningDataModule):
         missing_landmarks: str = "skip",
         pin_memory: bool = False,
         seed: int = 0,
+        extra_train: Sequence[FaceSource] | None = None,
+        degrade: Any | None = None,
     ) -> None:
         super().__init__()
         self.sources = {"train": train, "val": val, "test": test if test is not None else val}
+        self.extra_train = list(extra_train or [])
         self.canvas = canvas or Canvas()
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = resolve_workers(num_workers)
         self.augment = augment
+        self.degrade = degrade
         self.strict = strict
         self.missing_landmarks = missing_landmarks
         self.pin_memory = pin_memory
@@ -154,7 +171,7 @@ class FaceDataModule(pl.LightningDataModule):
         self.indices: dict[str, FaceIndex] = {}
 
     def prepare_data(self) -> None:
-        for source in {id(s): s for s in self.sources.values() if s is not None}.values():
+        for source in {id(s): s for s in [*self.sources.values(), *self.extra_train] if s is not None}.values():
             source.prepare()
 
     def index(self, split: str) -> FaceIndex:
@@ -163,7 +180,10 @@ class FaceDataModule(pl.LightningDataModule):
             source = self.sources.get(split)
             if source is None:
                 raise ValueError(f"no '{split}' source configured (set data.{split})")
-            self.indices[split] = source.load()
+            index = source.load()
+            if split == "train" and self.extra_train:
+                index = concat_indices([index, *(s.load() for s in self.extra_train)])
+            self.indices[split] = index
             log.info("%s data: %s", split, self.indices[split].describe())
         return self.indices[split]
 
@@ -175,14 +195,21 @@ class FaceDataModule(pl.LightningDataModule):
         if stage in (None, "test") and self.sources["test"] is not None:
             self.index("test")
 
-    def dataset(self, split: str, augment: bool = False) -> AlignedFaces:
+    def dataset(self, split: str, augment: bool = False, degrade: bool = False) -> AlignedFaces:
+        """The faces of ``split``; ``augment``: with :attr:`augment`; ``degrade``: with :attr:`degrade`."""
         return AlignedFaces(
             self.index(split),
             self.canvas,
             transform=self.augment if augment else None,
             strict=self.strict,
             missing_landmarks=self.missing_landmarks,
+            degrade=self.degrade if degrade and self.degrades else None,
         )
+
+    @property
+    def degrades(self) -> bool:
+        """Whether distillation training faces are degraded (a :attr:`degrade` that can change a face)."""
+        return self.degrade is not None and bool(getattr(self.degrade, "active", True))
 
     def loader(
         self,
@@ -191,21 +218,23 @@ class FaceDataModule(pl.LightningDataModule):
         shuffle: bool = False,
         drop_last: bool = False,
         replicas: tuple[int, int] | None = None,
+        tag_epoch: bool = False,
     ) -> DataLoader:
         """A DataLoader with aikd's collate (bad samples skipped and counted) and worker settings.
 
         It is torchdata's ``StatefulDataLoader``: Lightning stores its position (and the shuffling state) in
         checkpoints, so a run resumed mid-epoch sees exactly the batches the uninterrupted run would have seen.
         ``replicas=(world size, rank)`` of a DDP fit shards the shuffled order
-        (:class:`DistributedEpochShuffleSampler`).
+        (:class:`DistributedEpochShuffleSampler`). ``tag_epoch`` (with ``shuffle``): indices carry the epoch
+        (see :class:`EpochShuffleSampler`), for per-epoch degradations.
         """
         from torchdata.stateful_dataloader import StatefulDataLoader
 
         sampler: Sampler[int] | None = None
         if shuffle and replicas is not None and replicas[0] > 1:  # (world size, global rank) of a DDP fit
-            sampler = DistributedEpochShuffleSampler(len(dataset), self.seed, replicas[0], replicas[1])
+            sampler = DistributedEpochShuffleSampler(len(dataset), self.seed, replicas[0], replicas[1], tag_epoch)
         elif shuffle:
-            sampler = EpochShuffleSampler(len(dataset), self.seed)
+            sampler = EpochShuffleSampler(len(dataset), self.seed, tag_epoch=tag_epoch)
         return StatefulDataLoader(
             dataset,
             batch_size=batch_size,
@@ -220,8 +249,14 @@ class FaceDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer  # the fit this loader is for; under DDP shard its order (see the sampler)
         replicas = (trainer.world_size, trainer.global_rank) if trainer is not None else None
+        degrade = self.degrades  # distillation only: teacher training builds its own loader, on clean faces
         return self.loader(
-            self.dataset("train", augment=True), self.batch_size, shuffle=True, drop_last=True, replicas=replicas
+            self.dataset("train", augment=True, degrade=degrade),
+            self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            replicas=replicas,
+            tag_epoch=degrade,
         )
 
     def val_dataloader(self) -> DataLoader | list:

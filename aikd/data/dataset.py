@@ -68,6 +68,11 @@ class AlignedFaces(Dataset):
         strict: raise on a bad sample instead of skipping it.
         missing_landmarks: what to do with images without landmarks: ``"skip"`` (count and skip), ``"error"``,
             or ``"centre"`` (assume a pre-cropped face filling the image).
+        degrade: optional :class:`~aikd.data.degrade.Degradation` (``degrade(canvas, row, epoch)``) run on the
+            canvas after ``transform``: photometric degradations for distillation, reproducible per
+            ``(seed, epoch, row)``. The epoch comes with the index: ``dataset[(epoch, i)]`` (what an
+            :class:`~aikd.data.datamodule.EpochShuffleSampler` with ``tag_epoch=True`` yields); ``dataset[i]`` is
+            epoch 0.
 
     ``len(dataset)`` counts the usable rows; ``item["index"]`` is always the row in ``index`` (for caches).
     Items are dicts with ``image`` (``3 x S x S`` uint8), ``landmarks`` (``5 x 2`` float32, source pixels),
@@ -81,12 +86,14 @@ class AlignedFaces(Dataset):
         transform: Callable[..., dict[str, Any]] | None = None,
         strict: bool = False,
         missing_landmarks: str = "skip",
+        degrade: Callable[[np.ndarray, int, int], np.ndarray] | None = None,
     ) -> None:
         if missing_landmarks not in MISSING_POLICIES:
             raise ValueError(f"missing_landmarks must be one of {MISSING_POLICIES}, got {missing_landmarks!r}")
         self.index = index
         self.canvas = canvas
         self.transform = transform
+        self.degrade = degrade
         self.strict = strict
         self.missing_landmarks = missing_landmarks
         self._warned: set[int] = set()
@@ -107,8 +114,9 @@ class AlignedFaces(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def load(self, i: int) -> dict[str, Any]:
-        """Load item ``i`` or raise :class:`DataError` explaining why it cannot be used."""
+    def load(self, i: int, epoch: int = 0) -> dict[str, Any]:
+        """Load item ``i`` (degraded as in ``epoch``, when degrading) or raise :class:`DataError` explaining why it
+        cannot be used."""
         path = str(self.index.path(i))
         lm = self.index.landmarks[i]
         if not np.isfinite(lm).all() and self.missing_landmarks != "centre":
@@ -120,6 +128,8 @@ class AlignedFaces(Dataset):
         out, m = self.canvas.cut(img, lm)
         if self.transform is not None:
             out = self.transform(image=out)["image"]
+        if self.degrade is not None:
+            out = self.degrade(out, i, epoch)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))),
             "landmarks": torch.from_numpy(np.asarray(lm, dtype=np.float32)),
@@ -128,13 +138,16 @@ class AlignedFaces(Dataset):
             "index": torch.tensor(i, dtype=torch.int64),
         }
 
-    def __getitem__(self, i: int) -> dict[str, Any] | None:
-        return self.get_row(int(self.rows[i]))
+    def __getitem__(self, i: int | tuple[int, int]) -> dict[str, Any] | None:
+        epoch = 0
+        if isinstance(i, tuple):  # (epoch, position) from an epoch-tagging sampler
+            epoch, i = i
+        return self.get_row(int(self.rows[i]), int(epoch))
 
-    def get_row(self, row: int) -> dict[str, Any] | None:
+    def get_row(self, row: int, epoch: int = 0) -> dict[str, Any] | None:
         """Item of index row ``row`` (not a position in :attr:`rows`), or ``None`` for a skipped bad sample."""
         try:
-            return self.load(row)
+            return self.load(row, epoch)
         except (DataError, cv2.error, ValueError) as err:
             if self.strict:
                 raise DataError(f"sample {row}: {err}") from err

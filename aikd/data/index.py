@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = [
     "write_landmarks_csv",
     "read_folder",
     "select_identities",
+    "concat_indices",
 ]
 
 LANDMARK_COLUMNS: tuple[str, ...] = (
@@ -324,3 +326,60 @@ def select_identities(index: FaceIndex, identities: Sequence[int] | None, source
     if not mask.any():
         raise DataError(f"{source}: no images for identities {identities} (dataset has {index.num_identities})")
     return index.subset(mask)
+
+
+def concat_indices(indices: Sequence[FaceIndex]) -> FaceIndex:
+    """One index over several datasets (e.g. CFP plus extra training faces), for a training split made of many.
+
+    The parts may live under different roots: the result's root is their common folder and each path is prefixed
+    with its part's root relative to it, so the images are still found and caches keyed by ``root`` and ``paths``
+    stay exact. Identities are qualified the same way (``<part root>/<identity>``), so identities of different
+    datasets never merge, while two parts of one dataset (same root) share the identities they have in common.
+    Attributes present in only some parts are filled with NaN (numbers) or ``""`` (text) in the others.
+
+    Raises:
+        ValueError: no index given.
+    """
+    parts = list(indices)
+    if not parts:
+        raise ValueError("concat_indices needs at least one FaceIndex")
+    if len(parts) == 1:
+        return parts[0]
+    roots = [Path(os.path.abspath(Path(p.root).expanduser())) for p in parts]
+    common = Path(os.path.commonpath([str(r) for r in roots]))
+    prefixes = [r.relative_to(common).as_posix() for r in roots]
+
+    def qualify(prefix: str, rel: str) -> str:
+        return f"{prefix}/{rel}" if prefix not in ("", ".") else rel
+
+    paths = [qualify(pre, rel) for pre, part in zip(prefixes, parts) for rel in part.paths]
+    qualified = np.asarray(
+        [qualify(pre, part.identity_names[j]) for pre, part in zip(prefixes, parts) for j in part.identity],
+        dtype=object,
+    )
+    names, identity = np.unique(qualified, return_inverse=True) if len(qualified) else (np.zeros(0, object), [])
+    attributes: dict[str, np.ndarray] = {}
+    for key in dict.fromkeys(k for part in parts for k in part.attributes):
+        values = [part.attributes.get(key) for part in parts]
+        if all(v is not None for v in values):
+            attributes[key] = np.concatenate([np.asarray(v) for v in values])
+            continue
+        numeric = all(np.asarray(v).dtype.kind in "biuf" for v in values if v is not None)
+        fill: Any = np.nan if numeric else ""
+        attributes[key] = np.concatenate(
+            [
+                np.asarray(v, dtype=np.float64 if numeric else object)
+                if v is not None
+                else np.full(len(part), fill, dtype=np.float64 if numeric else object)
+                for v, part in zip(values, parts)
+            ]
+        )
+    return FaceIndex(
+        root=common,
+        paths=paths,
+        identity=np.asarray(identity, dtype=np.int64),
+        identity_names=[str(n) for n in names],
+        landmarks=np.concatenate([part.landmarks for part in parts]),
+        attributes=attributes,
+        issues=[msg for part in parts for msg in part.issues],
+    )

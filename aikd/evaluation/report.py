@@ -8,12 +8,16 @@ can be rebuilt (tables, plots) from the JSON alone, without rerunning any model.
 The JSON document written by :func:`write_results_json`::
 
     {"schema": "aikd.edc-report/1", "meta": {...}, "fr": fr_summary(...) or null, "results": results,
-     ["bootstrap": {...}]}
+     ["bootstrap": {...}], ["extra_comparators": {name: {"fr": fr_summary(...), "results": results}}]}
 
 ``bootstrap`` (present when the evaluation bootstrapped, ``evaluation.bootstrap > 0``) holds paired-bootstrap
 differences of the normalised pAUC between methods (:mod:`aikd.evaluation.bootstrap`): ``{"n_boot", "seed",
 "level", ..., "comparisons": {condition: {"student - teacher:x": {"a", "b", "operating_points": {label: {limit:
 {"difference", "low", "high", "p_a_better", "n_boot", "n_defined"}}}}}}}``.
+
+``extra_comparators`` (present when the evaluation had ``evaluation.extra_comparators``) holds, per further FR model,
+the same evaluation with that model's comparison scores: the quality scores are the primary evaluation's, only the
+errors differ. ``fr`` and ``results`` (the top-level ones) are always the primary comparator's (``meta.comparator``).
 
 Plots use matplotlib's object API (``matplotlib.figure.Figure``, rendered by the Agg canvas), never pyplot, so
 they work headless and do not touch global state.
@@ -67,13 +71,20 @@ def build_report(
     fr: Mapping[str, Any] | None = None,
     meta: Mapping[str, Any] | None = None,
     bootstrap: Mapping[str, Any] | None = None,
+    extra_comparators: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The JSON document: schema tag, free-form ``meta`` (data set, FR model, commit, ...), FR summary, results,
-    and the bootstrapped differences when there are any."""
+    the bootstrapped differences and the results with further comparators when there are any."""
     _check_results(results)
     doc = {"schema": SCHEMA, "meta": dict(meta or {}), "fr": None if fr is None else dict(fr), "results": results}
     if bootstrap is not None:
         doc["bootstrap"] = dict(bootstrap)
+    if extra_comparators:
+        for name, entry in extra_comparators.items():
+            if not isinstance(entry, Mapping) or "results" not in entry:
+                raise ValueError(f"extra_comparators[{name!r}] must be {{'results': ..., 'fr': ...}}")
+            _check_results(entry["results"])
+        doc["extra_comparators"] = {name: dict(entry) for name, entry in extra_comparators.items()}
     return _jsonable(doc)
 
 
@@ -104,13 +115,15 @@ def write_results_json(
     fr: Mapping[str, Any] | None = None,
     meta: Mapping[str, Any] | None = None,
     bootstrap: Mapping[str, Any] | None = None,
+    extra_comparators: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Atomically write every figure to ``path`` as strict JSON (undefined figures, NaN in Python, are ``null``).
 
     Indented for reading, except that lists of numbers (curve points) stay on one line each: one value per line
     would make a report with thousands of EDC steps per curve several times larger.
     """
-    return write_text(path, dumps_report(build_report(results, fr=fr, meta=meta, bootstrap=bootstrap)))
+    doc = build_report(results, fr=fr, meta=meta, bootstrap=bootstrap, extra_comparators=extra_comparators)
+    return write_text(path, dumps_report(doc))
 
 
 def dumps_report(doc: Mapping[str, Any]) -> str:
@@ -220,6 +233,7 @@ def markdown_table(
     operating_points: Sequence[str] | None = None,
     digits: int = 3,
     bootstrap: Mapping[str, Any] | None = None,
+    comparator: str | None = None,
 ) -> str:
     """Markdown tables of the normalised pAUC at ``limit``: one table per operating point, methods x conditions.
 
@@ -231,10 +245,12 @@ def markdown_table(
     A ``mean`` column averages each row over the conditions where it is defined.
 
     With ``bootstrap`` (the report's ``bootstrap`` section), each operating point's table is followed by the
-    bootstrapped differences between methods (:func:`bootstrap_markdown`).
+    bootstrapped differences between methods (:func:`bootstrap_markdown`). ``comparator`` names the FR model in
+    each table's heading (the extra comparators' tables; the primary comparator's headings name none).
     """
     _check_results(results)
     key = limit_key(limit)
+    by = f", comparison scores: {comparator}" if comparator else ""
     conditions = list(results)
     methods = _ordered_keys([results[c] for c in conditions])
     ops = (
@@ -245,7 +261,7 @@ def markdown_table(
     lines: list[str] = []
     for op_label in ops:
         op = parse_operating_point(op_label)
-        lines.append(f"### Normalised pAUC@{limit:.2f}, operating point {op.description} (`{op_label}`)")
+        lines.append(f"### Normalised pAUC@{limit:.2f}, operating point {op.description} (`{op_label}`){by}")
         lines.append("")
         lines.append(
             f"Area under the EDC (FNMR of the remaining mated pairs vs. fraction discarded, lowest quality first) "
@@ -348,9 +364,11 @@ def write_markdown(
     images: Sequence[str | Path] = (),
     meta: Mapping[str, Any] | None = None,
     bootstrap: Mapping[str, Any] | None = None,
+    extra_comparators: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Atomically write a Markdown report: what was compared, FR model summary, one table per limit and operating
-    point (with the bootstrapped differences between methods, when ``bootstrap`` is given), plots.
+    point (with the bootstrapped differences between methods, when ``bootstrap`` is given), then a section per extra
+    comparator (``name -> {"results", "fr"}``: its FR summary and the same tables with its comparison scores), plots.
 
     ``meta`` may hold ``data``, ``split``, ``comparator`` (the FR model whose comparison scores define the errors)
     and ``methods`` (row name -> one-line description): a reader then knows what each row is without the config.
@@ -361,12 +379,32 @@ def write_markdown(
         parts += _fr_markdown(fr)
     for lim in limits:
         parts.append(markdown_table(results, limit=lim, bootstrap=bootstrap))
+    for name, entry in (extra_comparators or {}).items():
+        parts += _extra_comparator_markdown(name, entry, limits, str((meta or {}).get("comparator") or "the primary"))
     path = Path(path)
     for img in images:
         img = Path(img)
         rel = img.relative_to(path.parent) if img.is_relative_to(path.parent) else img
         parts += [f"![{img.stem}]({rel.as_posix()})", ""]
     return write_text(path, "\n".join(parts).rstrip() + "\n")
+
+
+def _extra_comparator_markdown(name: str, entry: Mapping[str, Any], limits: Sequence[float], primary: str) -> list[str]:
+    """The report section of one extra comparator: what it is, its FR summary, its tables."""
+    lines = [
+        f"## Comparator: {name}",
+        "",
+        f"The same quality scores, with comparison scores from **{name}** embeddings of the properly aligned faces "
+        f"(cosine) instead of {primary}'s: a quality method should predict the errors of other FR models too, not "
+        "only those of its own network. The tables above, the bootstrap intervals and the plots are the primary "
+        f"comparator's ({primary}).",
+        "",
+    ]
+    if entry.get("fr") is not None:
+        lines += _fr_markdown(entry["fr"], title=f"### Face recognition model: {name}")
+    for lim in limits:
+        lines.append(markdown_table(entry["results"], limit=lim, comparator=name))
+    return lines
 
 
 def _meta_markdown(meta: Mapping[str, Any]) -> list[str]:
@@ -383,12 +421,15 @@ def _meta_markdown(meta: Mapping[str, Any]) -> list[str]:
     methods = meta.get("methods")
     if isinstance(methods, Mapping) and methods:
         lines += ["Rows:", ""] + [f"- `{name}`: {text}" for name, text in methods.items()] + [""]
+    notes = meta.get("condition_notes")
+    if isinstance(notes, Mapping) and notes:
+        lines += ["Conditions:", ""] + [f"- `{name}`: {text}" for name, text in notes.items()] + [""]
     return lines
 
 
-def _fr_markdown(fr: Mapping[str, Any]) -> list[str]:
+def _fr_markdown(fr: Mapping[str, Any], title: str = "## Face recognition model") -> list[str]:
     lines = [
-        "## Face recognition model",
+        title,
         "",
         f"{fr.get('n_mated', '?')} mated and {fr.get('n_nonmated', '?')} non-mated pairs; "
         f"equal error rate {_fmt(fr.get('eer'))}.",
@@ -570,10 +611,13 @@ def write_report(
     max_discard: float = 0.5,
     log_fnmr: bool = False,
     bootstrap: Mapping[str, Any] | None = None,
+    extra_comparators: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Path]:
     """Write ``results.json``, ``edc_<condition>.png`` per condition, ``det.png`` (if ``fr``) and ``report.md``.
 
     ``bootstrap``: the paired-bootstrap differences between methods (see the module docstring), written into both.
+    ``extra_comparators``: ``name -> {"results", "fr"}`` with further FR models' comparison scores, written into both
+    (plots are the primary comparator's).
 
     Returns:
         ``{"json": ..., "markdown": ..., "det": ..., "edc/<condition>": ...}`` paths.
@@ -581,7 +625,14 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {
-        "json": write_results_json(out_dir / "results.json", results, fr=fr, meta=meta, bootstrap=bootstrap)
+        "json": write_results_json(
+            out_dir / "results.json",
+            results,
+            fr=fr,
+            meta=meta,
+            bootstrap=bootstrap,
+            extra_comparators=extra_comparators,
+        )
     }
     images: list[Path] = []
     if fr is not None:
@@ -612,5 +663,6 @@ def write_report(
         images=images,
         meta=meta,
         bootstrap=bootstrap,
+        extra_comparators=extra_comparators,
     )
     return paths

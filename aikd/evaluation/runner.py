@@ -10,6 +10,12 @@ The protocol (docs/methods.md section 2, ISO/IEC 29794-5 style):
    method sees exactly the same perturbation, whatever the batch), each method scores its own crop.
 4. Pair quality = min of the two; EDC and pAUC per operating point (``aikd.evaluation.edc``).
 5. Optionally, paired-bootstrap intervals of the differences between methods (``aikd.evaluation.bootstrap``).
+6. Optionally, the same EDC/pAUC with the comparison scores of further FR models (``extra_comparators``): a quality
+   method should not only look good with its own FR network. The quality scores are the same; only the comparison
+   scores (and hence the errors) change. The primary comparator's results are not affected by them.
+
+A condition is any :class:`~aikd.geometry.misalign.Misalignment`: a random preset, or a table of another detector's
+landmarks (:class:`aikd.evaluation.detector.DetectorLandmarks`, the ``detector=<name>`` conditions).
 """
 
 from __future__ import annotations
@@ -141,12 +147,14 @@ class ScoreTable:
         embeddings: ``(M, D)`` comparator embeddings of the aligned faces (``None`` without comparator).
         quality: ``quality[condition][method]`` -> ``(M,)`` scores, aligned with ``rows``.
         n_skipped: images that could not be read.
+        extra_embeddings: ``name -> (M, D)`` embeddings of the aligned faces by each extra comparator.
     """
 
     rows: np.ndarray
     embeddings: np.ndarray | None
     quality: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     n_skipped: int = 0
+    extra_embeddings: dict[str, np.ndarray] = field(default_factory=dict)
 
     def position(self) -> dict[int, int]:
         return {int(r): i for i, r in enumerate(self.rows)}
@@ -165,11 +173,14 @@ def score_index(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    *,
+    extra_comparators: Mapping[str, nn.Module] | None = None,
 ) -> ScoreTable:
     """Score ``rows`` of ``index`` with every method under every condition (and embed them with ``comparator``).
 
     Images are read and aligned once; each batch is cut into every (method geometry x condition) crop on the
     device. Methods whose ``alignment_invariant`` is True are scored once and copied to every condition.
+    ``extra_comparators`` (name -> FR backbone) also embed the aligned faces (``ScoreTable.extra_embeddings``).
     """
     from tqdm.auto import tqdm
 
@@ -193,8 +204,12 @@ def score_index(
         m.to(dev)
     if comparator is not None:
         comparator.to(dev).eval()
+    extras = dict(extra_comparators or {})
+    for extra in extras.values():
+        extra.to(dev).eval()
     out_rows: list[Tensor] = []
     embs: list[Tensor] = []
+    extra_embs: dict[str, list[Tensor]] = {name: [] for name in extras}
     scores: dict[str, dict[str, list[Tensor]]] = {c: {m: [] for m in methods} for c in conditions}
     n_skipped = 0
     bar = tqdm(loader, desc="scoring", unit="batch", disable=not progress)
@@ -217,6 +232,10 @@ def score_index(
             embs.append(clean_emb.cpu())
             if isinstance(comparator, nn.Module):
                 feature_cache[(backbone_key(comparator), geometry, "clean")] = clean_emb
+        for name, extra in extras.items():
+            # kept out of the feature cache: the methods' features (hence the primary results) are the same with and
+            # without extra comparators
+            extra_embs[name].append(extra(crop(img, lm, extra.input_spec.geometry, mat)).float().cpu())
         invariant_cache: dict[str, Tensor] = {}
         for cname, cond in conditions.items():
             clean = isinstance(cond, NoMisalign)
@@ -252,6 +271,7 @@ def score_index(
         embeddings=torch.cat(embs).numpy() if embs else None,
         quality={c: {m: torch.cat(v).numpy() for m, v in ms.items()} for c, ms in scores.items()},
         n_skipped=n_skipped,
+        extra_embeddings={name: torch.cat(v).numpy() for name, v in extra_embs.items()},
     )
 
 
@@ -268,6 +288,8 @@ class EvaluationResult:
     paths: dict[str, Path] = field(default_factory=dict)
     #: paired-bootstrap differences between methods (:func:`bootstrap_differences`), ``None`` when not bootstrapped
     bootstrap: dict[str, Any] | None = None
+    #: the same evaluation with each extra comparator's comparison scores: ``name -> {"results", "fr"}``
+    extra_comparators: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class WarningSummary:
@@ -414,6 +436,7 @@ def evaluate(
     on_report: Callable[[dict[str, Path]], None] | None = None,
     bootstrap: int = 0,
     comparisons: Sequence[tuple[str, str]] | None = None,
+    extra_comparators: Mapping[str, nn.Module] | None = None,
 ) -> EvaluationResult:
     """Full evaluation of quality ``methods`` on ``pairs`` of ``index``.
 
@@ -435,10 +458,25 @@ def evaluate(
             go into ``EvaluationResult.bootstrap`` and the report (:func:`bootstrap_differences`).
         comparisons: ``(A, B)`` method pairs to bootstrap; default
             :func:`~aikd.evaluation.bootstrap.default_comparisons` (the student against every other method).
+        extra_comparators: name -> further FR backbones: the same quality scores are also evaluated with their
+            comparison scores (``EvaluationResult.extra_comparators``, a section per comparator in the report). The
+            primary ``comparator``'s results, and the bootstrap, are unchanged by them.
     """
     conditions = dict(conditions or {"aligned": NoMisalign()})
+    extra_comparators = dict(extra_comparators or {})
     table = score_index(
-        index, pairs.images(), methods, conditions, comparator, canvas, seed, batch_size, num_workers, device, progress
+        index,
+        pairs.images(),
+        methods,
+        conditions,
+        comparator,
+        canvas,
+        seed,
+        batch_size,
+        num_workers,
+        device,
+        progress,
+        extra_comparators=extra_comparators,
     )
     pos = table.position()
     keep = np.array([int(a) in pos and int(b) in pos for a, b in zip(pairs.a, pairs.b)], dtype=bool)
@@ -454,28 +492,41 @@ def evaluate(
     summary = WarningSummary()  # one warning per cause, not one per condition and method
     with summary.collect("the FR summary"):
         fr = fr_summary(mated_scores, nonmated_scores)
-    results: dict[str, dict[str, dict[str, Any]]] = {}
-    pair_qualities: dict[str, dict[str, np.ndarray]] = {}
-    for cname in conditions:
-        results[cname] = {}
-        pair_qualities[cname] = {}
-        for mname in methods:
-            q = table.quality[cname][mname]
-            pair_qualities[cname][mname] = pair_quality(q[ia[mated]], q[ib[mated]])
-            with summary.collect(f"{cname}/{mname}"):
-                results[cname][mname] = evaluate_quality(
-                    mated_scores,
-                    nonmated_scores,
-                    q[ia[mated]],
-                    q[ib[mated]],
-                    operating_points=tuple(operating_points),
-                    limits=tuple(limits),
-                    strict=strict,
-                    random_draws=random_draws,
-                    seed=seed,
-                )
+
+    def edc_results(mated_s: np.ndarray, nonmated_s: np.ndarray, part: str) -> dict[str, dict[str, dict[str, Any]]]:
+        """``results[condition][method]`` with these comparison scores (``part`` prefixes the warnings' places)."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for cname in conditions:
+            out[cname] = {}
+            for mname in methods:
+                q = table.quality[cname][mname]
+                with summary.collect(f"{part}{cname}/{mname}"):
+                    out[cname][mname] = evaluate_quality(
+                        mated_s,
+                        nonmated_s,
+                        q[ia[mated]],
+                        q[ib[mated]],
+                        operating_points=tuple(operating_points),
+                        limits=tuple(limits),
+                        strict=strict,
+                        random_draws=random_draws,
+                        seed=seed,
+                    )
+        return out
+
+    results = edc_results(mated_scores, nonmated_scores, "")
+    pair_qualities = {
+        cname: {mname: pair_quality(q[ia[mated]], q[ib[mated]]) for mname, q in table.quality[cname].items()}
+        for cname in conditions
+    }
+    other: dict[str, dict[str, Any]] = {}
+    for name in extra_comparators:  # the same qualities, another FR model's comparison scores
+        s_x = comparison_scores(table.extra_embeddings[name], ia, ib)
+        with summary.collect(f"the FR summary (comparator {name})"):
+            fr_x = fr_summary(s_x[mated], s_x[~mated])
+        other[name] = {"results": edc_results(s_x[mated], s_x[~mated], f"comparator {name}: "), "fr": fr_x}
     summary.emit()
-    res = EvaluationResult(results, fr, mated_scores, nonmated_scores, n_dropped, table)
+    res = EvaluationResult(results, fr, mated_scores, nonmated_scores, n_dropped, table, extra_comparators=other)
     pairs_to_compare = default_comparisons(list(methods)) if comparisons is None else list(comparisons)
     if bootstrap > 0 and pairs_to_compare:
         res.bootstrap = bootstrap_differences(
@@ -492,10 +543,19 @@ def evaluate(
             "seed": seed,
             "conditions": list(conditions),
             "methods": list(methods),
+            **({"extra_comparators": list(extra_comparators)} if extra_comparators else {}),
             **dict(meta or {}),
         }
         with summary.collect("the report"):
-            res.paths = write_report(out_dir, results, fr=fr, meta=info, limits=tuple(limits), bootstrap=res.bootstrap)
+            res.paths = write_report(
+                out_dir,
+                results,
+                fr=fr,
+                meta=info,
+                limits=tuple(limits),
+                bootstrap=res.bootstrap,
+                extra_comparators=res.extra_comparators or None,
+            )
         summary.emit()
         if on_report is not None:
             on_report(res.paths)
