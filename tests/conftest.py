@@ -3,18 +3,47 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 
 from aikd.geometry.align import Geometry, template_points
 
 # One thread: tests are many small ops, where thread start-up and oversubscription (with loader workers or a
 # busy machine) cost more than they save.
 torch.set_num_threads(1)
+
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
+    """Compose the real run config (``train.yaml``) with overrides, as ``train.py`` would, with every output under
+    ``tmp_path``; Hydra's global state is cleared before and after."""
+
+    def _compose(*overrides: str) -> DictConfig:
+        GlobalHydra.instance().clear()
+        paths = [
+            f"paths.output_dir={tmp_path / 'out'}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            f"paths.cache_dir={tmp_path}",
+        ]
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("train", overrides=[*paths, *overrides], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
 
 
 @pytest.fixture(autouse=True)

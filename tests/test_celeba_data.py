@@ -9,14 +9,11 @@ on a few copied images and check that nothing was written next to the data.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -28,23 +25,6 @@ from aikd.io import cache_dir
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 STAGES = ["prepare", "preview", "teacher", "distill", "evaluate", "export"]
-
-
-@pytest.fixture
-def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
-    def _compose(*overrides: str) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(
-                "train",
-                overrides=[f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}", *overrides],
-                return_hydra_config=True,
-            )
-        HydraConfig.instance().set_config(cfg)
-        return cfg
-
-    yield _compose
-    GlobalHydra.instance().clear()
 
 
 def _copy_faces(src: Path, dst: Path, n: int) -> Path:

@@ -7,14 +7,11 @@ on the CPU with their other settings kept).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -27,24 +24,6 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 
 def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-@pytest.fixture
-def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
-    def _compose(*overrides: str) -> DictConfig:
-        GlobalHydra.instance().clear()
-        paths = [
-            f"paths.output_dir={tmp_path / 'out'}",
-            f"paths.log_dir={tmp_path / 'logs'}",
-            f"paths.cache_dir={tmp_path}",
-        ]
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("train", overrides=[*paths, *overrides], return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        return cfg
-
-    yield _compose
-    GlobalHydra.instance().clear()
 
 
 def test_every_group_has_options() -> None:

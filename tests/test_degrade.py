@@ -8,7 +8,7 @@ cached clean-face teacher scores is refused at start-up.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import albumentations as A
@@ -17,9 +17,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_folder_dataset
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -33,23 +30,6 @@ from aikd.geometry.align import Canvas, Geometry
 CONF = Path(__file__).resolve().parent.parent / "conf"
 STAGES = ["prepare", "preview", "teacher", "distill", "evaluate", "export"]
 CANVAS = Canvas(size=96, face=Geometry(size=64))
-
-
-@pytest.fixture
-def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
-    def _compose(*overrides: str) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(
-                "train",
-                overrides=[f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path}", *overrides],
-                return_hydra_config=True,
-            )
-        HydraConfig.instance().set_config(cfg)
-        return cfg
-
-    yield _compose
-    GlobalHydra.instance().clear()
 
 
 def _realistic(**overrides) -> Degradation:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import write_folder_dataset
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import aikd.config  # noqa: F401  (resolvers)
@@ -22,23 +19,6 @@ from aikd.models.teacher import TEACHERS, Teacher, TeacherOutput
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 STAGES = ["prepare", "preview", "teacher", "distill", "evaluate", "export"]
-
-
-@pytest.fixture
-def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
-    def _compose(*overrides: str) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(
-                "train",
-                overrides=[f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path}", *overrides],
-                return_hydra_config=True,
-            )
-        HydraConfig.instance().set_config(cfg)
-        return cfg
-
-    yield _compose
-    GlobalHydra.instance().clear()
 
 
 def test_default_run_is_valid_and_named_after_data_and_teacher(compose_cfg: Callable[..., DictConfig]) -> None:
