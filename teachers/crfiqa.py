@@ -22,7 +22,7 @@ class CRFIQATeacher(EmbeddingTeacher):
     """CR-FIQA teacher.
 
     Args:
-        backbone, backbone_weights, backbone_kwargs, projection_dim, trainable_backbone: see
+        backbone, backbone_weights, backbone_kwargs, projection_dim, trainable_backbone, quality_hidden: see
             :class:`aikd.models.teacher.EmbeddingTeacher`.
         checkpoint: an official CR-FIQA backbone checkpoint (overrides ``backbone``/``projection_dim``).
         arch: its architecture, ``"iresnet50"`` or ``"iresnet100"`` (``None``: inferred from the file).
@@ -39,6 +39,7 @@ class CRFIQATeacher(EmbeddingTeacher):
         trainable_backbone: str = "none",
         checkpoint: str | None = None,
         arch: str | None = None,
+        quality_hidden: int | None = None,
     ) -> None:
         if checkpoint is not None:
             from aikd.models.backbones.checkpoints import load_crfiqa
@@ -48,5 +49,12 @@ class CRFIQATeacher(EmbeddingTeacher):
             super().__init__(arch, backbone_weights=None, projection_dim=None, trainable_backbone="none")
             self.adopt_backbone(net, head)  # the loaded network, with the checkpoint's preprocessing preset
         else:
-            super().__init__(backbone, backbone_weights, backbone_kwargs, projection_dim, trainable_backbone)
+            super().__init__(
+                backbone,
+                backbone_weights,
+                backbone_kwargs,
+                projection_dim,
+                trainable_backbone,
+                quality_hidden=quality_hidden,
+            )
         self.record_config(**self.config, checkpoint=checkpoint, arch=arch)

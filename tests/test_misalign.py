@@ -13,6 +13,7 @@ from aikd.geometry.align import TEMPLATES, Canvas, Geometry, align_image, crop, 
 from aikd.geometry.misalign import (
     BoxCrop,
     Compose,
+    DetectorShift,
     LandmarkJitter,
     MisalignParams,
     NoMisalign,
@@ -53,6 +54,8 @@ ZERO_STRENGTH = [
     RandomAffine(p=0.0),
     BoxCrop(p=0.0),
     TemplateSwitch(p=0.0),
+    DetectorShift(radius=0.0, point_spread=0.0),
+    DetectorShift(offset=(-0.05, 0.02), p=0.0),
     Compose([LandmarkJitter(0.0), RandomAffine(0, (1, 1), 0)]),
     OneOf([LandmarkJitter(0.0), RandomAffine(0, (1, 1), 0)]),
 ]
@@ -130,9 +133,10 @@ def test_affine_moves_landmarks_as_parametrised() -> None:
         RandomAffine(15, (0.8, 1.2), 0.1),
         BoxCrop(),
         TemplateSwitch(),
+        DetectorShift(offset=(-0.035, -0.035), radius=0.05),
         OneOf([LandmarkJitter(6.0), RandomAffine(), BoxCrop(), TemplateSwitch()]),
     ],
-    ids=["jitter", "affine", "box", "template", "mixed"],
+    ids=["jitter", "affine", "box", "template", "detector", "mixed"],
 )
 def test_landmarks_move_with_the_image(module) -> None:
     """The true landmarks returned by misalign sit on the white dots drawn at the source landmarks."""
@@ -152,17 +156,51 @@ def test_landmarks_move_with_the_image(module) -> None:
             assert np.linalg.norm(c - (x, y)) < 1.0
 
 
+@settings(max_examples=20, deadline=None)
+@given(
+    dx=st.floats(-0.1, 0.1),
+    dy=st.floats(-0.1, 0.1),
+    radius=st.floats(0, 0.1),
+    spread=st.floats(0, 0.05),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_detector_shift_moves_points_together_within_bounds(
+    dx: float, dy: float, radius: float, spread: float, seed: int
+) -> None:
+    lms = torch.from_numpy(random_landmarks(np.random.default_rng(seed), 32)).float()
+    p = DetectorShift((dx, dy), radius, spread).sample(lms, torch.Generator().manual_seed(seed))
+    iod = inter_ocular(lms).view(-1, 1, 1)
+    rel = p.jitter / iod
+    common = rel.mean(dim=1)  # the shared part; per-point parts are what is left
+    assert ((common - torch.tensor([dx, dy])).norm(dim=1) <= radius + spread * 2**0.5 + 1e-4).all()
+    assert ((rel - common.unsqueeze(1)).abs() <= 2 * spread + 1e-4).all()
+    assert torch.all(p.angle == 0) and torch.all(p.scale == 1) and not p.box.any()
+
+
+def test_detector_shift_mean_offset_is_the_configured_one() -> None:
+    lms = torch.from_numpy(random_landmarks(np.random.default_rng(0), 4000)).float()
+    p = DetectorShift((-0.035, -0.035), radius=0.05).sample(lms, torch.Generator().manual_seed(0))
+    mean = (p.jitter / inter_ocular(lms).view(-1, 1, 1)).mean(dim=(0, 1))
+    torch.testing.assert_close(mean, torch.tensor([-0.035, -0.035]), atol=3e-3, rtol=0)
+
+
 def test_misaligned_crops_differ_from_clean() -> None:
     images, lms, mats = _batch(8)
     clean, _ = _clean(images, lms, mats)
-    for module in (LandmarkJitter(6.0), RandomAffine(), BoxCrop(), TemplateSwitch()):
+    for module in (LandmarkJitter(6.0), RandomAffine(), BoxCrop(), TemplateSwitch(), DetectorShift((0.05, 0.0))):
         out = module(images, lms, G, mats, generator=torch.Generator().manual_seed(0))
         assert (out - clean).abs().mean() > 1e-3, module
 
 
 def test_same_on_batch() -> None:
     lms = torch.from_numpy(random_landmarks(np.random.default_rng(0), 8)).float()
-    for module in (LandmarkJitter(5.0), RandomAffine(), TemplateSwitch(), OneOf([RandomAffine(), TemplateSwitch()])):
+    for module in (
+        LandmarkJitter(5.0),
+        RandomAffine(),
+        TemplateSwitch(),
+        DetectorShift(),
+        OneOf([RandomAffine(), TemplateSwitch()]),
+    ):
         p = module.sample(lms, torch.Generator().manual_seed(0), same_on_batch=True)
         for t in p.tensors().values():
             assert torch.equal(t, t[:1].expand_as(t)), module

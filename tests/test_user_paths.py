@@ -360,6 +360,39 @@ def test_cfp_headline_experiment_at_test_size(user_env: dict[str, str], tmp_path
     assert (out / "export" / "student.onnx").is_file() and "fr_norm" in proc.stdout
 
 
+@pytest.mark.data
+@pytest.mark.parametrize(
+    ("experiment", "student_px"), [("cfp_sface_small", 64), ("cfp_sface_aikd", 112)], ids=["small", "aikd"]
+)
+def test_sface_experiments_at_test_size(
+    user_env: dict[str, str], tmp_path: Path, cfp_root: Path, experiment: str, student_px: int
+) -> None:
+    """README: ``python train.py experiment=cfp_sface_small`` / ``cfp_sface_aikd`` (8 training and 5 test
+    identities, 1 epoch): the SFace CR-FIQA teacher (leave-one-out centres), its student, SFace comparison scores
+    with FaceNet's alongside, the detector condition, bootstrap intervals, and the student as the export."""
+    env = {**user_env, "AIKD_DATA": str(cfp_root.parent)}
+    logs = tmp_path / "logs"
+    run(["python", str(REPO / "train.py"), f"experiment={experiment}", "data.train.identities=[1,8]",
+         "data.val.identities=[496,500]", "trainer.max_epochs=1", "teacher.fit.epochs=2", "evaluation.bootstrap=50",
+         "evaluation.conditions=[none,boxcrop,yunet]", f"paths.log_dir={logs}"], tmp_path, env)  # fmt: skip
+    out = run_dir(logs, experiment)
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"]["train"]["identities"] == 8 and results["data"]["val"]["identities"] == 5
+    assert {k.split("/")[0] for k in results["evaluation"]["pauc_normalised"]} == {
+        "teacher:crfiqa",
+        "student",
+        "fr_norm",
+    }
+    report = (out / "evaluation" / "report.md").read_text()
+    assert "Comparison scores: **sface**" in report and "**facenet**" in report and "detector=yunet" in report
+    assert "paired-bootstrap interval" in report
+    teacher = json.loads((out / "teacher.json").read_text())
+    assert teacher["config"]["backbone"] == "sface" and teacher["config"]["quality_hidden"] == 256
+    assert (out / "export" / "student.onnx").is_file()
+    meta = json.loads((out / "export" / "student.json").read_text())
+    assert meta["input"]["shape"][-2:] == [student_px, student_px]
+
+
 def test_development_commands_pass() -> None:
     """README "Development": the linters the project holds itself to."""
     for args in (["check", "."], ["format", "--check", "."]):

@@ -34,6 +34,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "aikd.evaluation.compare:main_compare",
         "mean +- sd of the pAUC over runs of one experiment, student - teacher with bootstrap intervals",
     ),
+    "make-graded": (
+        "aikd.app.graded:main_make_graded",
+        "copy CFP test identities with graded blur and down-scaling (degradation-fidelity set)",
+    ),
+    "fidelity": (
+        "aikd.app.graded:main_fidelity",
+        "does a run's student rank blurred / low-resolution faces as its teacher does? (graded set)",
+    ),
 }
 
 

@@ -366,6 +366,16 @@ def _check_teacher(cfg: DictConfig, problems: list[str]) -> None:
     weights = cfg.teacher.get("weights")
     if weights and not OmegaConf.is_missing(cfg.teacher, "weights") and not Path(str(weights)).expanduser().is_file():
         problems.append(f"teacher.weights={weights}: no such teacher file")
+    fit, build = cfg.teacher.get("fit") or {}, cfg.teacher.get("build") or {}
+    if str(fit.get("cr_centres", "head")) == "leave_one_out" and not weights:
+        trainable = str(build.get("trainable_backbone", "none"))
+        if build.get("projection_dim") or trainable not in ("none", "head", "last:0"):
+            problems.append(
+                f"teacher.fit.cr_centres=leave_one_out takes its class centres from the frozen backbone's embeddings, "
+                f"but teacher.build.projection_dim={build.get('projection_dim')} and "
+                f"teacher.build.trainable_backbone={trainable}: set teacher.build.projection_dim=null and "
+                "teacher.build.trainable_backbone=none, or fit.cr_centres=head"
+            )
 
 
 def _check_student(cfg: DictConfig, problems: list[str]) -> None:

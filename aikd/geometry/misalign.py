@@ -25,6 +25,7 @@ Perturbations:
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -43,6 +44,7 @@ __all__ = [
     "LandmarkJitter",
     "RandomAffine",
     "BoxCrop",
+    "DetectorShift",
     "TemplateSwitch",
     "Compose",
     "OneOf",
@@ -389,6 +391,49 @@ class BoxCrop(Misalignment):
         if self.scale_range != (1.0, 1.0):
             params.scale = _uniform(b, *self.scale_range, generator)
         return params
+
+
+class DetectorShift(Misalignment):
+    """Landmarks from another detector: all five points moved together, plus a little per point.
+
+    Detectors disagree systematically, not point by point at random: YuNet's five points sit about 0.05
+    inter-ocular distances (IOD) up-left of MTCNN's on CFP, with a smaller spread between points. Landmark jitter
+    (independent per point) does not model that shared shift; this does. Each face gets the common offset
+    ``offset + radius * r * (cos t, sin t)`` (``r, t`` uniform in ``[0, 1]`` and ``[0, 2 pi)``: another detector
+    in any direction, up to ``radius``) and every point ``U[-point_spread, point_spread]`` more, all in IOD units.
+
+    Args:
+        offset: mean ``(dx, dy)`` shift in IOD (e.g. ``[-0.035, -0.035]``: YuNet relative to MTCNN).
+        radius: largest extra common shift, in IOD, in a random direction.
+        point_spread: per-point uniform jitter amplitude, in IOD.
+        p: probability of perturbing a sample.
+    """
+
+    def __init__(
+        self, offset: Sequence[float] = (0.0, 0.0), radius: float = 0.05, point_spread: float = 0.02, p: float = 1.0
+    ) -> None:
+        super().__init__(p)
+        if radius < 0 or point_spread < 0:
+            raise ValueError(f"DetectorShift radius and point_spread must be >= 0, got {radius}, {point_spread}")
+        if len(offset) != 2:
+            raise ValueError(f"DetectorShift offset must be (dx, dy), got {offset!r}")
+        self.offset = (float(offset[0]), float(offset[1]))
+        self.radius = float(radius)
+        self.point_spread = float(point_spread)
+
+    def _sample(self, landmarks: Tensor, generator: torch.Generator | None) -> MisalignParams:
+        b = landmarks.shape[0]
+        params = MisalignParams.identity(b)
+        iod = inter_ocular(landmarks.float()).view(b, 1, 1)
+        r = _uniform(b, 0.0, self.radius, generator)
+        t = _uniform(b, 0.0, 2 * math.pi, generator)
+        common = torch.tensor(self.offset).view(1, 2) + torch.stack([r * torch.cos(t), r * torch.sin(t)], dim=1)
+        points = _uniform((b, 5, 2), -1.0, 1.0, generator) * self.point_spread
+        params.jitter = (common.view(b, 1, 2) + points) * iod
+        return params
+
+    def extra_repr(self) -> str:
+        return f"offset={self.offset}, radius={self.radius}, point_spread={self.point_spread}, p={self.p}"
 
 
 class TemplateSwitch(Misalignment):

@@ -197,6 +197,21 @@ def module_fingerprint(module: nn.Module, ident: Any = None) -> str:
     return h.hexdigest()[:16]
 
 
+def quality_regressor(dim: int, hidden: int | None = None) -> nn.Module:
+    """The quality head on a ``dim``-d embedding: ``Linear(dim, 1)``, or a one-hidden-layer MLP of width ``hidden``.
+
+    Raises:
+        ValueError: ``hidden`` is not a positive integer.
+    """
+    if hidden is None:
+        return nn.Linear(dim, 1)
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        raise ValueError(f"quality_hidden must be a positive integer or null, got {hidden!r}")
+    return nn.Sequential(
+        nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.PReLU(), nn.Dropout(0.2), nn.Linear(hidden, 1)
+    )
+
+
 class EmbeddingTeacher(Teacher):
     """Common structure of FR-based teachers: backbone -> optional projection -> embedding -> quality.
 
@@ -212,7 +227,12 @@ class EmbeddingTeacher(Teacher):
             backbone's embedding is the teacher's embedding, as in official CR-FIQA/MagFace checkpoints).
         trainable_backbone: ``"none"`` / ``"head"`` (frozen), ``"all"`` or ``"last:K"`` (last K parameter tensors)
             when trained (:func:`aikd.models.backbones.parse_trainable`, shared with the student's ``trainable``).
-        quality_head: add a ``Linear(embedding, 1)`` regression head (CR-FIQA's ``qs``).
+        quality_head: add a regression head on the embedding (CR-FIQA's ``qs``).
+        quality_hidden: ``None`` (default): that head is ``Linear(embedding, 1)``, as in CR-FIQA, where the backbone
+            trains with it and learns to put the certainty ratio into the embedding. With a frozen backbone the
+            embedding was never taught that, and a linear read-out of it stays near chance (measured on SFace and
+            CFP: normalised pAUC 0.83 against 0.63 for ``quality_hidden: 256``); a width here makes the head
+            ``Linear -> BatchNorm1d -> PReLU -> Dropout(0.2) -> Linear``.
     """
 
     example_kwargs: ClassVar[dict[str, Any]] = {
@@ -230,6 +250,7 @@ class EmbeddingTeacher(Teacher):
         projection_dim: int | None = 512,
         trainable_backbone: str = "none",
         quality_head: bool = True,
+        quality_hidden: int | None = None,
     ) -> None:
         super().__init__()
         from aikd.models.backbones import create_backbone
@@ -243,7 +264,7 @@ class EmbeddingTeacher(Teacher):
         else:
             self.projection = nn.Identity()
             self.embedding_dim = d
-        self.quality_head = nn.Linear(self.embedding_dim, 1) if quality_head else None
+        self.quality_head = quality_regressor(self.embedding_dim, quality_hidden) if quality_head else None
         self.trainable_backbone = trainable_backbone
         self._set_backbone_trainable(trainable_backbone)
         self.record_config(
@@ -253,6 +274,7 @@ class EmbeddingTeacher(Teacher):
             projection_dim=projection_dim,
             trainable_backbone=trainable_backbone,
             quality_head=quality_head,
+            quality_hidden=quality_hidden,
         )
 
     def _set_backbone_trainable(self, mode: str) -> None:
@@ -393,7 +415,7 @@ def save_teacher(teacher: Teacher, path: str | Path) -> Path:
 
 
 def load_teacher(path: str | Path, expected_name: str | None = None) -> Teacher:
-    """Rebuild a teacher saved with :func:`save_teacher` (strict weight loading, safe format)."""
+    """Rebuild a teacher saved with :func:`save_teacher` (strict weight loading, safe format), frozen."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -432,4 +454,4 @@ def load_teacher(path: str | Path, expected_name: str | None = None) -> Teacher:
         )
     teacher.calibration = Calibration.from_dict(json.loads(meta.get("calibration", "{}")))
     teacher.invalidate_fingerprint()
-    return teacher
+    return teacher.freeze()  # a saved teacher is a finished one: eval mode (its heads may hold BatchNorm, Dropout)

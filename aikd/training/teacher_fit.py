@@ -187,6 +187,7 @@ def train_teacher(
     objective = spec.objective()  # before any feature is computed: a bad option fails fast
     batch_size = int(fit.get("batch_size", 128))
     features = None
+    cached: dict[str, torch.Tensor] = {}
     if teacher.backbone_frozen:
         features = feature_cache(
             teacher,
@@ -199,7 +200,8 @@ def train_teacher(
         )
         rows = np.flatnonzero(features.done)
         (f,) = features.read(rows, "features")
-        dataset = TensorDataset(f, torch.as_tensor(index.identity[rows]))
+        cached = {"features": f, "labels": torch.as_tensor(index.identity[rows])}
+        dataset = TensorDataset(f, cached["labels"])
         loader = DataLoader(
             dataset,
             batch_size=batch_size,
@@ -212,7 +214,8 @@ def train_teacher(
         )
     else:
         loader = datamodule.loader(datamodule.dataset("train", augment=True), batch_size, shuffle=True, drop_last=True)
-    objective.prepare(teacher, FitContext(index=index, canvas=canvas, seed=int(seed or 0), device=device))
+    context = FitContext(index=index, canvas=canvas, seed=int(seed or 0), device=device, **cached)
+    objective.prepare(teacher, context)
     module = TeacherTrainingModule(
         teacher,
         num_classes=index.num_identities,

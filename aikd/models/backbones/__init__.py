@@ -4,6 +4,7 @@ Importing this package registers the built-in backbones.
 """
 
 from aikd.models.backbones import facenet as _facenet  # noqa: F401  (registers "facenet")
+from aikd.models.backbones import fastfacenet as _fastfacenet  # noqa: F401  (registers "fastfacenet")
 from aikd.models.backbones import iresnet as _iresnet  # noqa: F401  (registers "iresnet18/34/50/100")
 from aikd.models.backbones import irse as _irse  # noqa: F401  (registers "ir_18", "ir_50", "ir_101")
 from aikd.models.backbones import mobilefacenet as _mobilefacenet  # noqa: F401  (registers "mobilefacenet")

@@ -32,6 +32,7 @@ with aikd: it is a from-scratch student (``student=mobilefacenet``), or loads a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,20 +59,38 @@ MOBILEFACENET_INPUT_SPEC = InputSpec(
 )
 
 
+def prelu(channels: int) -> nn.Module:
+    """MobileFaceNet's activation: a PReLU with one slope per channel."""
+    return nn.PReLU(channels)
+
+
+def relu(channels: int) -> nn.Module:
+    """ReLU (``channels`` unused): fused into the convolution by onnxruntime, which PReLU is not."""
+    return nn.ReLU(inplace=True)
+
+
 class ConvBN(nn.Sequential):
-    """``Conv2d (no bias) -> BatchNorm2d [-> PReLU]``; ``linear=True`` leaves out the activation (the table's
+    """``Conv2d (no bias) -> BatchNorm2d [-> activation]``; ``linear=True`` leaves out the activation (the table's
     "linear" layers: a non-linearity on a low-dimensional projection destroys information, MobileNetV2's
-    argument)."""
+    argument). ``act`` builds the activation from the channel count (:func:`prelu`, the paper's, or :func:`relu`)."""
 
     def __init__(
-        self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0, groups: int = 1, linear: bool = False
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        linear: bool = False,
+        act: Callable[[int], nn.Module] = prelu,
     ) -> None:
         layers: list[nn.Module] = [
             nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, groups=groups, bias=False),
             nn.BatchNorm2d(cout),
         ]
         if not linear:
-            layers.append(nn.PReLU(cout))
+            layers.append(act(cout))
         super().__init__(*layers)
 
 
@@ -81,13 +100,15 @@ class Bottleneck(nn.Module):
     The shortcut is added when the block keeps the shape (stride 1, same channels), as in MobileNetV2.
     """
 
-    def __init__(self, cin: int, cout: int, stride: int, expansion: int) -> None:
+    def __init__(
+        self, cin: int, cout: int, stride: int, expansion: int, act: Callable[[int], nn.Module] = prelu
+    ) -> None:
         super().__init__()
         hidden = cin * expansion
         self.residual = stride == 1 and cin == cout
         self.conv = nn.Sequential(
-            ConvBN(cin, hidden, 1),
-            ConvBN(hidden, hidden, 3, stride=stride, padding=1, groups=hidden),
+            ConvBN(cin, hidden, 1, act=act),
+            ConvBN(hidden, hidden, 3, stride=stride, padding=1, groups=hidden, act=act),
             ConvBN(hidden, cout, 1, linear=True),
         )
 
