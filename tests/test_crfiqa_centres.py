@@ -123,3 +123,10 @@ def test_ai_kd_student_starts_as_its_teacher(
         torch.testing.assert_close(student(faces).quality, teacher(faces).quality)
     assert all(p.requires_grad for p in student.quality_head.parameters())
     assert student.quality_head is not teacher.quality_head
+    # what checkpoints and exports store rebuilds the same architecture: the weights load strictly
+    from aikd.models.student import build_student
+
+    rebuilt = build_student(student.config)
+    rebuilt.load_state_dict(student.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(faces).quality, student(faces).quality)

@@ -269,6 +269,8 @@ def build_student_from_config(cfg: DictConfig, teacher: Any) -> Any:
         kwargs["backbone"] = teacher.config["backbone"]
         kwargs["backbone_kwargs"] = dict(teacher.config.get("backbone_kwargs") or {})
         kwargs["backbone_weights"] = None
+        if teacher.config.get("quality_hidden"):  # an MLP teacher head: the student takes its form, to copy it
+            kwargs.update(hidden=int(teacher.config["quality_hidden"]), head="regressor")
     student = instantiate(spec, **kwargs)
     if from_teacher:
         try:
@@ -286,44 +288,22 @@ def build_student_from_config(cfg: DictConfig, teacher: Any) -> Any:
 
 
 def _copy_teacher_heads(student: Any, teacher: Any) -> None:
-    """Start the student's embedding projection and quality head from the teacher's, so that the student begins
-    by reproducing the teacher exactly and only has to learn to keep doing so on misaligned faces.
-
-    A part with the same shapes (a linear student head, ``hidden=0``, and a teacher without projection) is copied
-    into the student's. A teacher quality head of another form (an MLP, e.g. ``teacher.build.quality_hidden``) on an
-    embedding of the student's size is adopted as it is: a trainable copy replaces the student's head, whose
-    ``hidden`` setting then does not apply.
-    """
-    import copy
-
+    """Start the student's embedding projection and quality head from the teacher's where they have the same
+    shapes (a linear student head, ``hidden=0``, or the teacher's MLP form, which an AI-KD student of a teacher with
+    ``quality_hidden`` takes; and a teacher without projection): the student then begins by reproducing the teacher
+    exactly and only has to learn to keep doing so on misaligned faces."""
     copied = []
     for name in ("quality_head", "projection"):
         mine, theirs = getattr(student, name, None), getattr(teacher, name, None)
-        if theirs is None or not any(True for _ in theirs.parameters()):
+        if theirs is None or type(mine) is not type(theirs) or not any(True for _ in theirs.parameters()):
             continue
-        if type(mine) is type(theirs):
-            try:
-                mine.load_state_dict(theirs.state_dict())
-                copied.append(name)
-                continue
-            except RuntimeError:  # other shapes: adopt it below, or keep the fresh initialisation
-                pass
-        if name == "quality_head" and _input_dim(theirs) == student.embedding_dim:
-            head = copy.deepcopy(theirs).train(student.training)
-            for p in head.parameters():
-                p.requires_grad_(True)
-            student.quality_head = head
-            copied.append("quality_head (adopted: the teacher's form)")
+        try:
+            mine.load_state_dict(theirs.state_dict())
+            copied.append(name)
+        except RuntimeError:  # other shapes: keep the fresh initialisation
+            continue
     if copied:
         log.info("student initialised from the teacher: backbone, %s", ", ".join(copied))
-
-
-def _input_dim(module: Any) -> int | None:
-    """Input size of a head: that of its first ``Linear`` layer (``None`` if it has none)."""
-    import torch.nn as nn
-
-    first = next((m for m in module.modules() if isinstance(m, nn.Linear)), None)
-    return None if first is None else int(first.in_features)
 
 
 @stage("distill")

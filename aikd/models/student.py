@@ -41,6 +41,9 @@ class Student(nn.Module):
         trainable: ``"all"``, ``"head"`` or ``"none"`` (backbone frozen) - AI-KD trains only the last layers of a
             pretrained FR backbone; with ``"last:K"`` the last K parameter tensors of the backbone stay trainable
             (:func:`aikd.models.backbones.parse_trainable`, shared with the teachers' ``trainable_backbone``).
+        head: form of the hidden-layer quality head: ``"mlp"`` (``Linear -> GELU -> Linear``, AI-KD's) or
+            ``"regressor"`` (the trained teachers' MLP, :func:`aikd.models.teacher.quality_regressor`), which an
+            AI-KD student of such a teacher takes so that it can start from the teacher's head.
     """
 
     def __init__(
@@ -51,14 +54,18 @@ class Student(nn.Module):
         embedding_dim: int | None = None,
         hidden: int = 1024,
         trainable: str = "all",
+        head: str = "mlp",
     ) -> None:
         super().__init__()
+        if head not in ("mlp", "regressor"):
+            raise ValueError(f"student.head must be 'mlp' or 'regressor', got {head!r}")
         self.config: dict[str, Any] = {
             "backbone": backbone if isinstance(backbone, str) else None,
             "backbone_kwargs": to_plain(dict(backbone_kwargs or {})),
             "embedding_dim": embedding_dim,
             "hidden": hidden,
             "trainable": trainable,
+            "head": head,
         }
         if isinstance(backbone, str):
             self.backbone_name = backbone
@@ -69,10 +76,12 @@ class Student(nn.Module):
         d = int(backbone.embedding_dim)
         self.embedding_dim = int(embedding_dim or d)
         self.projection = nn.Identity() if self.embedding_dim == d else nn.Linear(d, self.embedding_dim)
-        if hidden > 0:
-            self.quality_head: nn.Module = nn.Sequential(
-                nn.Linear(self.embedding_dim, hidden), nn.GELU(), nn.Linear(hidden, 1)
-            )
+        if hidden > 0 and head == "regressor":
+            from aikd.models.teacher import quality_regressor
+
+            self.quality_head: nn.Module = quality_regressor(self.embedding_dim, hidden)
+        elif hidden > 0:
+            self.quality_head = nn.Sequential(nn.Linear(self.embedding_dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
         else:
             self.quality_head = nn.Linear(self.embedding_dim, 1)
         self.calibration = Calibration()
@@ -109,6 +118,7 @@ def build_student(config: dict[str, Any]) -> Student:
         cfg.get("embedding_dim"),
         cfg.get("hidden", 1024),
         cfg.get("trainable", "all"),
+        cfg.get("head", "mlp"),
     )
 
 

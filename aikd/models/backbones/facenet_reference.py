@@ -25,6 +25,11 @@ def prewhiten_numpy(image: np.ndarray) -> np.ndarray:
 def _opencv_net(pb_path: str) -> Any:
     import cv2
 
+    if not hasattr(cv2.dnn, "readNetFromTensorflow"):
+        raise RuntimeError(
+            f"OpenCV {cv2.__version__} has no TensorFlow importer (OpenCV 5.1 removed it), which the FaceNet reference "
+            "needs to run the original graph: pip install 'opencv-python-headless<5.1' (the dev extra pins it)"
+        )
     engine = getattr(cv2.dnn, "ENGINE_CLASSIC", None)  # OpenCV 5's new engine does not take this graph
     if engine is not None:
         return cv2.dnn.readNetFromTensorflow(pb_path, engine=engine)
