@@ -258,3 +258,24 @@ def test_tiny_run_with_the_yunet_condition_and_two_comparators(tmp_path: Path) -
     doc = json.loads((tmp_path / "out" / "evaluation" / "results.json").read_text())
     assert doc["meta"]["detector_conditions"]["detector=yunet"] == det
     assert list(doc["extra_comparators"]["facenet"]["results"]) == ["aligned", "detector=yunet"]
+
+
+def test_a_named_extra_comparator_has_its_default_weights(tmp_path: Path) -> None:
+    """``extra_comparators: [facenet]`` means FaceNet with its pretrained weights, not a random network: its
+    embedding of a face equals that of ``create_backbone('facenet', weights='default')`` and is the same on every
+    build (a random initialisation would differ between builds)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from aikd.app.pipeline import build_extra_comparators
+    from aikd.models.backbones import create_backbone
+
+    cfg = _compose("evaluation.extra_comparators=[sface]", f"paths.cache_dir={tmp_path}")
+    first = build_extra_comparators(SimpleNamespace(cfg=cfg))["sface"]
+    second = build_extra_comparators(SimpleNamespace(cfg=cfg))["sface"]
+    faces = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = create_backbone("sface", weights="default").eval()(faces)
+        torch.testing.assert_close(first(faces), ref)
+        torch.testing.assert_close(second(faces), ref)

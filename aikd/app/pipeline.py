@@ -463,8 +463,8 @@ def build_extra_comparators(ctx: RunContext) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for entry in ctx.cfg.evaluation.get("extra_comparators") or []:
-        if isinstance(entry, str):
-            out[entry] = create_backbone(entry).eval()
+        if isinstance(entry, str):  # the backbone's own default weights (create_backbone's default is random)
+            out[entry] = create_backbone(entry, weights="default").eval()
         else:
             spec = OmegaConf.to_container(entry, resolve=True)
             name = str(spec["name"])
