@@ -368,8 +368,14 @@ def _check_teacher(cfg: DictConfig, problems: list[str]) -> None:
         problems.append(f"teacher.weights={weights}: no such teacher file")
     fit, build = cfg.teacher.get("fit") or {}, cfg.teacher.get("build") or {}
     if str(fit.get("cr_centres", "head")) == "leave_one_out" and not weights:
+        from aikd.models.backbones import parse_trainable
+
         trainable = str(build.get("trainable_backbone", "none"))
-        if build.get("projection_dim") or trainable not in ("none", "head", "last:0"):
+        try:
+            frozen = parse_trainable(trainable) == 0
+        except ValueError:  # not a valid setting at all: the teacher build reports it
+            frozen = False
+        if build.get("projection_dim") or not frozen:
             problems.append(
                 f"teacher.fit.cr_centres=leave_one_out takes its class centres from the frozen backbone's embeddings, "
                 f"but teacher.build.projection_dim={build.get('projection_dim')} and "

@@ -66,6 +66,7 @@ import numpy as np
 
 from aikd.data.cfp import POSES, identity_range
 from aikd.data.index import DataError, read_landmarks_csv
+from aikd.io import current_umask
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +466,7 @@ def make_graded(
             "protocol_pairs": pairs,
         }
         (tmp / "graded.json").write_text(json.dumps(doc, indent=2) + "\n")
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())
         if out.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.replace(out, trash / out.name)
@@ -478,12 +479,6 @@ def make_graded(
             shutil.rmtree(tmp, ignore_errors=True)
     log.info("graded copy: %s (%d images x %d kinds)", out, len(faces), len(KINDS))
     return doc
-
-
-def _umask() -> int:
-    from aikd.io import current_umask
-
-    return current_umask()
 
 
 def _num(x: float) -> str:

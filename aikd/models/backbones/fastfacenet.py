@@ -30,15 +30,16 @@ No pretrained weights: a from-scratch student, or a state dict saved from one.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
 from aikd.geometry.align import Geometry
 from aikd.geometry.preprocess import InputSpec
-from aikd.models.backbones.base import FaceBackbone, register_backbone
-from aikd.models.backbones.mobilefacenet import Bottleneck, ConvBN, relu
+from aikd.models.backbones.base import register_backbone
+from aikd.models.backbones.mobilefacenet import Bottleneck, ConvBN, MobileFaceNetLayout, relu, with_weights
 
 __all__ = ["FastFaceNet", "FASTFACENET_SETTINGS", "fastfacenet"]
 
@@ -62,17 +63,12 @@ def _width(channels: int, multiplier: float, divisor: int = 8) -> int:
     return max(divisor, int(channels * multiplier + divisor / 2) // divisor * divisor)
 
 
-def ConvBNAct(*args: Any, **kwargs: Any) -> ConvBN:  # noqa: N802 - a layer, named like one
-    """MobileFaceNet's ``Conv -> BatchNorm -> act`` unit with ReLU (folded and fused by onnxruntime)."""
-    return ConvBN(*args, act=relu, **kwargs)
+#: MobileFaceNet's ``Conv -> BatchNorm -> act`` unit and bottleneck with ReLU (folded and fused by onnxruntime).
+ConvBNAct = partial(ConvBN, act=relu)
+InvertedResidual = partial(Bottleneck, act=relu)
 
 
-def InvertedResidual(cin: int, cout: int, stride: int, expansion: int) -> Bottleneck:  # noqa: N802
-    """MobileFaceNet's bottleneck (MobileNetV2's inverted residual) with ReLU."""
-    return Bottleneck(cin, cout, stride, expansion, act=relu)
-
-
-class FastFaceNet(FaceBackbone):
+class FastFaceNet(MobileFaceNetLayout):
     """A slim MobileFaceNet with ReLU on small ArcFace crops (see the module docstring for why).
 
     Submodules, input to output (so ``trainable=last:K`` fine-tunes the embedding end first): ``stem`` (two dense
@@ -138,24 +134,6 @@ class FastFaceNet(FaceBackbone):
         self.features = nn.BatchNorm1d(self.embedding_dim)
         self._init_weights()
 
-    def _init_weights(self) -> None:
-        """He initialisation (fan-in) of the convolutions, and every shortcut block starting as the identity (the
-        scale of its last BatchNorm at 0): a from-scratch network starts with well-scaled activations."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        for block in self.blocks:
-            if block.residual:
-                nn.init.zeros_(block.conv[-1][1].weight)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Normalised ``(B, 3, S, S)`` input -> ``(B, embedding_dim)`` un-normalised embeddings."""
-        x = self.gdconv(self.conv_expand(self.blocks(self.stem(x))))
-        return self.features(self.linear(self.dropout(x)).flatten(1))
-
 
 @register_backbone("fastfacenet")
 def fastfacenet(weights: str | Path | None = None, **kwargs: Any) -> FastFaceNet:
@@ -167,10 +145,4 @@ def fastfacenet(weights: str | Path | None = None, **kwargs: Any) -> FastFaceNet
         **kwargs: forwarded to :class:`FastFaceNet` (``input_size``, ``width``, ``expand``, ``embedding_dim``,
             ``settings``, ``dropout``).
     """
-    model = FastFaceNet(**kwargs)
-    if weights is not None:
-        from aikd.models.backbones.checkpoints import load_state_dict_flexible
-
-        load_state_dict_flexible(model, weights)
-        model.eval()
-    return model
+    return with_weights(FastFaceNet(**kwargs), weights)

@@ -117,7 +117,42 @@ class Bottleneck(nn.Module):
         return x + out if self.residual else out
 
 
-class MobileFaceNet(FaceBackbone):
+class MobileFaceNetLayout(FaceBackbone):
+    """What MobileFaceNet-style networks share: the submodules ``stem -> blocks -> conv_expand -> gdconv ->
+    dropout -> linear -> features`` (a subclass builds them), their initialisation and their forward."""
+
+    def _init_weights(self) -> None:
+        """He initialisation (fan-in: depthwise kernels see 9 inputs, not ``9 x channels``) for the convolutions,
+        and every shortcut block starting as the identity (the scale of its last BatchNorm at 0), so a network
+        trained from scratch starts with well-scaled activations in train and eval mode alike."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for block in self.blocks:
+            if block.residual:
+                nn.init.zeros_(block.conv[-1][1].weight)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Normalised ``(B, 3, S, S)`` input -> ``(B, embedding_dim)`` un-normalised embeddings."""
+        x = self.gdconv(self.conv_expand(self.blocks(self.stem(x))))
+        return self.features(self.linear(self.dropout(x)).flatten(1))
+
+
+def with_weights(model: FaceBackbone, weights: str | Path | None) -> FaceBackbone:
+    """``model`` as built (``weights=None``: from scratch), or with a ``.safetensors`` / torch state dict of it (e.g.
+    saved from a trained student) loaded strictly after unwrapping training containers, in eval mode."""
+    if weights is not None:
+        from aikd.models.backbones.checkpoints import load_state_dict_flexible
+
+        load_state_dict_flexible(model, weights)
+        model.eval()
+    return model
+
+
+class MobileFaceNet(MobileFaceNetLayout):
     """MobileFaceNet of Table 1 (about 1 M parameters at ``embedding_dim=128``) on ArcFace 112x112 RGB crops.
 
     Submodules, input to output (so ``trainable=last:K`` fine-tunes the embedding end first): ``stem`` (conv3x3 s2
@@ -149,25 +184,6 @@ class MobileFaceNet(FaceBackbone):
         self.features = nn.BatchNorm1d(self.embedding_dim)
         self._init_weights()
 
-    def _init_weights(self) -> None:
-        """He initialisation (fan-in: depthwise kernels see 9 inputs, not ``9 x channels``) for the convolutions,
-        and every shortcut block starting as the identity (the scale of its last BatchNorm at 0), so a network
-        trained from scratch starts with well-scaled activations in train and eval mode alike."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        for block in self.blocks:
-            if block.residual:
-                nn.init.zeros_(block.conv[-1][1].weight)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Normalised ``(B, 3, 112, 112)`` input -> ``(B, embedding_dim)`` un-normalised embeddings."""
-        x = self.gdconv(self.conv_expand(self.blocks(self.stem(x))))
-        return self.features(self.linear(self.dropout(x)).flatten(1))
-
 
 @register_backbone("mobilefacenet")
 def mobilefacenet(weights: str | Path | None = None, embedding_dim: int = 128, **kwargs: Any) -> MobileFaceNet:
@@ -179,10 +195,4 @@ def mobilefacenet(weights: str | Path | None = None, embedding_dim: int = 128, *
         embedding_dim: embedding size.
         **kwargs: forwarded to :class:`MobileFaceNet` (``dropout``).
     """
-    model = MobileFaceNet(embedding_dim=embedding_dim, **kwargs)
-    if weights is not None:
-        from aikd.models.backbones.checkpoints import load_state_dict_flexible
-
-        load_state_dict_flexible(model, weights)
-        model.eval()
-    return model
+    return with_weights(MobileFaceNet(embedding_dim=embedding_dim, **kwargs), weights)
