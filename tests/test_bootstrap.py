@@ -317,6 +317,28 @@ def test_compare_runs_mean_and_sd(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["compare-runs", str(tmp_path / "r1"), "--operating-point", "start_err=0.10"]) == 0
 
 
+def test_compare_runs_expands_a_multirun_directory(tmp_path: Path) -> None:
+    """A seed sweep's directory stands for its finished jobs, in job order (2 before 10); unfinished jobs are
+    listed as left out, and a sweep with no finished job is refused, named."""
+    t = "teacher:t"
+    sweep = tmp_path / "multiruns" / "2026-12-02_15-00-00"
+    for name, student in (("10_x", 0.62), ("2_x", 0.66), ("0_x", 0.64)):
+        _run_summary(sweep / name, {t: {"aligned": 0.70}, "student": {"aligned": student}})
+    (sweep / "3_x").mkdir()  # failed job: no results.json
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    summary = summarise_runs([sweep])
+    assert [Path(r).parent.name for r in summary["runs"]] == ["0_x", "2_x", "10_x"]
+    assert summary["left_out"] == [str(sweep / "3_x")]
+    cell = summary["pauc"]["start_err=0.10"]["student"]["aligned"]
+    assert cell["values"] == pytest.approx([0.64, 0.66, 0.62]) and cell["mean"] == pytest.approx(0.64)
+    assert "Left out (sweep jobs without results.json" in compare_runs([sweep, sweep / "0_x"])
+    empty = tmp_path / "multiruns" / "empty"
+    (empty / "0_x").mkdir(parents=True)
+    (empty / "multirun.yaml").write_text("hydra: {}\n")
+    with pytest.raises(ValueError, match=r"empty is a multirun directory but none of its 1 job\(s\) has results"):
+        summarise_runs([empty])
+
+
 def test_compare_runs_reads_edc_reports_too(tmp_path: Path) -> None:
     scores, good, useless = _pairs(300)
     for i, shift in enumerate((0.0, 0.5)):

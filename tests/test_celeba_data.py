@@ -8,6 +8,7 @@ on a few copied images and check that nothing was written next to the data.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -133,6 +134,52 @@ def test_extra_train_joins_the_training_split_only(folder_dataset: Path, tmp_pat
     assert len(dm.index("val")) == 4 and dm.index("val").root == folder_dataset
     faces = dm.dataset("train")
     assert len(faces) == 18 and faces[17]["image"].shape == (3, dm.canvas.size, dm.canvas.size)
+
+
+def test_teachers_train_on_the_primary_split_unless_their_recipe_says_extra_train(
+    folder_dataset: Path, tmp_path: Path
+) -> None:
+    """Extra faces (CelebA's: one to eight per identity) widen what the student sees; the teacher's classes,
+    centres and calibration stay those of the primary data unless ``teacher.fit.extra_train: true``."""
+    from conftest import write_folder_dataset
+
+    from aikd.geometry.align import Canvas, Geometry
+    from aikd.models.teacher import TEACHERS
+    from aikd.training.cache import dataset_fingerprint
+    from aikd.training.teacher_fit import TeacherSpec, obtain_teacher, training_index
+
+    other = write_folder_dataset(tmp_path / "other", identities=2, per_identity=3, seed=1)
+    dm = FaceDataModule(
+        train=FolderSource(str(folder_dataset)),
+        val=FolderSource(str(folder_dataset), identities=(0, 0)),
+        extra_train=[FolderSource(str(other))],
+        canvas=Canvas(size=120, face=Geometry(size=64)),
+        num_workers=0,
+    )
+    dm.prepare_data()
+    primary, full = dm.index("train", extra=False), dm.index("train")
+    assert (len(primary), primary.num_identities, len(full), full.num_identities) == (12, 3, 18, 5)
+    assert dm.index("val", extra=False) is dm.index("val")  # only the training split has extra faces
+    build = dict(TEACHERS.get("crfiqa").example_kwargs)
+    fit = {"head": {"name": "arcface", "s": 16.0, "m": 0.1}, "epochs": 1, "batch_size": 6}
+    cache = tmp_path / "cache"
+    for extra, index in ((False, primary), (True, full)):
+        spec = TeacherSpec(name="crfiqa", build=build, fit={**fit, "extra_train": True} if extra else fit)
+        assert training_index(spec, dm) is index
+        spec.objective()  # extra_train is the training loop's key, not an option of the CR-FIQA objective
+        teacher = obtain_teacher(spec, dm, tmp_path / f"run-{extra}", cache, {"accelerator": "cpu"}, seed=0)
+        assert teacher.frozen
+        trained_on = json.loads((tmp_path / f"run-{extra}" / "teacher.json").read_text())["trained_on"]
+        assert trained_on["images"] == len(index) and trained_on["identities"] == index.num_identities
+        assert (cache / "teachers" / f"{spec.fit_key(dataset_fingerprint(index), 0)}.safetensors").is_file()
+    assert len(list((cache / "teachers").glob("*.safetensors"))) == 2
+    # A teacher whose backbone trains reads images, not cached features: the same faces.
+    seen: list[int] = []
+    dataset = dm.dataset
+    dm.dataset = lambda *a, **k: seen.append(len(out := dataset(*a, **k))) or out  # type: ignore[method-assign]
+    spec = TeacherSpec(name="crfiqa", build={**build, "trainable_backbone": "all"}, fit=fit)
+    obtain_teacher(spec, dm, tmp_path / "run-trainable", cache, {"accelerator": "cpu"}, seed=0)
+    assert seen == [len(primary)]
 
 
 # ------------------------------------------------------------------------------------------------ real faces

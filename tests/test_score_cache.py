@@ -125,6 +125,39 @@ def test_second_head_on_the_same_backbone_reuses_the_feature_cache(index: FaceIn
     assert_cache_equals_online(cache, second, index)
 
 
+def test_features_of_faces_cached_under_another_index_are_reused(tmp_path: Path) -> None:
+    """A new split or extra training faces make a new feature entry; faces already cached under another entry of the
+    same backbone, canvas and crop are copied (matched by resolved path, file and landmarks), not recomputed."""
+    from aikd.data.index import concat_indices
+    from aikd.training.cache import reuse_rows, row_keys
+
+    teacher = _teacher(0)
+    faces = write_folder_dataset(tmp_path / "faces", identities=3, per_identity=4, size=96)
+    extra = write_folder_dataset(tmp_path / "extra", identities=2, per_identity=3, size=96, seed=1)
+    part = FolderSource(str(faces), identities=(0, 1)).load()  # 8 faces: a training split
+    joined = concat_indices([FolderSource(str(faces)).load(), FolderSource(str(extra)).load()])  # 12 + 6, new root
+    keys_part, keys_joined = row_keys(part), row_keys(joined)
+    assert len({k.tobytes() for k in keys_joined}) == len(joined)  # one key per face
+    assert {k.tobytes() for k in keys_part} <= {k.tobytes() for k in keys_joined}  # same faces, other root spelling
+    root = tmp_path / "features"
+    first = feature_cache(teacher, part, CANVAS, root, batch_size=5, progress=False)
+    with count_backbone(teacher) as seen:
+        second = feature_cache(teacher, joined, CANVAS, root, batch_size=5, progress=False)
+    assert second.complete and seen["faces"] == len(joined) - len(part)  # only the 10 faces not cached before
+    direct = feature_cache(teacher, joined, Canvas(size=96, face=Geometry(size=64)), tmp_path / "alone", progress=False)
+    (a,) = second.read(np.arange(len(joined)), "features")
+    (b,) = direct.read(np.arange(len(joined)), "features")
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    (c,) = first.read(np.arange(len(part)), "features")
+    rows = [int(np.flatnonzero((keys_joined == k).all(1))[0]) for k in keys_part]
+    assert torch.equal(a[rows], c)  # copied bit for bit
+    # Another canvas changes every crop: nothing is reused.
+    with count_backbone(teacher) as seen:
+        feature_cache(teacher, part, Canvas(size=112, face=Geometry(size=64)), root, batch_size=5, progress=False)
+    assert seen["faces"] == len(part)
+    assert reuse_rows(second) == 0  # complete: nothing to do
+
+
 def test_trainable_backbone_teacher_is_scored_from_images(index: FaceIndex, tmp_path: Path) -> None:
     teacher = _teacher(0, trainable_backbone="all")
     assert not head_only_scoring(teacher)

@@ -393,6 +393,58 @@ def test_sface_experiments_at_test_size(
     assert meta["input"]["shape"][-2:] == [student_px, student_px]
 
 
+@pytest.mark.data
+def test_student_recipe_with_celeba_at_test_size(
+    user_env: dict[str, str], tmp_path: Path, cfp_root: Path, celeba_root: Path
+) -> None:
+    """README: ``python train.py experiment=sface_student_recipe data=cfp_celeba trainer.max_epochs=8`` (8 CFP
+    training identities plus a few CelebA folders, 5 validation identities, 1 epoch): the student learns from CFP
+    and CelebA faces, the teacher from CFP alone, and only the validation identities are evaluated."""
+    celeba = tmp_path / "celeba"
+    for ident in sorted(p for p in celeba_root.iterdir() if p.is_dir())[:6]:
+        shutil.copytree(ident, celeba / ident.name)
+    n_celeba = len(list(celeba.rglob("*.jpg")))
+    env = {**user_env, "AIKD_DATA": str(cfp_root.parent)}
+    logs = tmp_path / "logs"
+    run(["python", str(REPO / "train.py"), "experiment=sface_student_recipe", "data=cfp_celeba",
+         "trainer.max_epochs=1", "data.train.identities=[1,8]", "data.val.identities=[496,500]",
+         "teacher.fit.epochs=2", "evaluation.conditions=[none,boxcrop]", f"data.extra_train.0.root={celeba}",
+         f"paths.log_dir={logs}"], tmp_path, env)  # fmt: skip
+    out = run_dir(logs, "sface_student_recipe")
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["timings_s"]) == ["prepare", "teacher", "distill", "evaluate"]
+    train = results["data"]["train"]
+    assert train["images"] == 8 * 14 + n_celeba and train["identities"] == 8 + 6
+    trained_on = json.loads((out / "teacher.json").read_text())["trained_on"]
+    assert trained_on["images"] == 8 * 14 and trained_on["identities"] == 8  # the teacher: CFP alone
+    assert {k.split("/")[0] for k in results["evaluation"]["pauc_normalised"]} == {"teacher:crfiqa", "student"}
+    assert results["data"]["val"]["identities"] == 5
+
+
+def test_seed_sweep_and_compare_runs(user_env: dict[str, str], tmp_path: Path) -> None:
+    """README: ``python train.py -m experiment=... seed=12345,1,2`` then ``aikd compare-runs
+    logs/<task>/multiruns/<time> --out seeds.md`` (the demo at a test's size, two seeds): the sweep directory stands
+    for its jobs, and the table holds each method's mean +- sd and each run's student - teacher interval."""
+    logs = tmp_path / "logs"
+    run(["python", str(REPO / "train.py"), "-m", "seed=12345,1", *SMALL_DEMO, "trainer.max_epochs=1",
+         "evaluation.conditions=[none]", "evaluation.bootstrap=50", "stages=[prepare,teacher,distill,evaluate]",
+         f"paths.log_dir={logs}"], tmp_path, user_env)  # fmt: skip
+    (sweep,) = (logs / "synthetic-demo" / "multiruns").iterdir()
+    jobs = sorted(p for p in sweep.iterdir() if (p / "results.json").is_file())
+    assert len(jobs) == 2
+    seeds = [json.loads((j / "results.json").read_text())["config"]["seed"] for j in jobs]
+    assert seeds == [12345, 1]
+    pauc = [json.loads((j / "results.json").read_text())["evaluation"]["pauc_normalised"] for j in jobs]
+    key = "student/aligned/start_err=0.10/pauc0.2"
+    proc = run(["aikd", "compare-runs", str(sweep.relative_to(tmp_path)), "--out", "seeds.md"], tmp_path, user_env)
+    text = (tmp_path / "seeds.md").read_text()
+    assert proc.stdout == text and "# 2 run(s) compared" in text
+    mean, sd = float(np.mean([p[key] for p in pauc])), float(np.std([p[key] for p in pauc], ddof=1))
+    assert f"| student | {mean:.3f} ± {sd:.3f} |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| aligned |"))
+    assert len(re.findall(r"[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", row)) == 2, row  # both runs' intervals
+
+
 def test_development_commands_pass() -> None:
     """README "Development": the linters the project holds itself to."""
     for args in (["check", "."], ["format", "--check", "."]):

@@ -174,18 +174,24 @@ class FaceDataModule(pl.LightningDataModule):
         for source in {id(s): s for s in [*self.sources.values(), *self.extra_train] if s is not None}.values():
             source.prepare()
 
-    def index(self, split: str) -> FaceIndex:
-        """The :class:`FaceIndex` of ``split`` (``train``, ``val`` or ``test``), loaded on first use."""
-        if split not in self.indices:
+    def index(self, split: str, extra: bool = True) -> FaceIndex:
+        """The :class:`FaceIndex` of ``split`` (``train``, ``val`` or ``test``), loaded on first use.
+
+        ``extra=False`` gives the training split without :attr:`extra_train`: teachers train on the primary data
+        only (unless their recipe says ``fit.extra_train: true``), because extra faces such as CelebA's, with one
+        to eight images per identity, widen what the student sees but make poor classes for a margin head.
+        """
+        key = split if extra or not self.extra_train or split != "train" else "train:primary"
+        if key not in self.indices:
             source = self.sources.get(split)
             if source is None:
                 raise ValueError(f"no '{split}' source configured (set data.{split})")
             index = source.load()
-            if split == "train" and self.extra_train:
+            if key == "train" and self.extra_train:
                 index = concat_indices([index, *(s.load() for s in self.extra_train)])
-            self.indices[split] = index
-            log.info("%s data: %s", split, self.indices[split].describe())
-        return self.indices[split]
+            self.indices[key] = index
+            log.info("%s data: %s", key, self.indices[key].describe())
+        return self.indices[key]
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
@@ -195,10 +201,11 @@ class FaceDataModule(pl.LightningDataModule):
         if stage in (None, "test") and self.sources["test"] is not None:
             self.index("test")
 
-    def dataset(self, split: str, augment: bool = False, degrade: bool = False) -> AlignedFaces:
-        """The faces of ``split``; ``augment``: with :attr:`augment`; ``degrade``: with :attr:`degrade`."""
+    def dataset(self, split: str, augment: bool = False, degrade: bool = False, extra: bool = True) -> AlignedFaces:
+        """The faces of ``split``; ``augment``: with :attr:`augment`; ``degrade``: with :attr:`degrade`; ``extra``:
+        with :attr:`extra_train` (see :meth:`index`)."""
         return AlignedFaces(
-            self.index(split),
+            self.index(split, extra=extra),
             self.canvas,
             transform=self.augment if augment else None,
             strict=self.strict,

@@ -8,7 +8,8 @@ student-minus-teacher difference next to each run's own difference and bootstrap
 
 A run is given as its output directory (``results.json`` of the pipeline, whose ``evaluation`` entry holds the
 normalised pAUCs and, with ``evaluation.bootstrap > 0``, the bootstrapped differences), or as an evaluation
-directory / EDC report (``evaluation/results.json``, schema ``aikd.edc-report/1``).
+directory / EDC report (``evaluation/results.json``, schema ``aikd.edc-report/1``), or as a multirun directory
+(``python train.py -m experiment=... seed=1,2,3``), which stands for its finished jobs in job order.
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ from aikd.evaluation.bootstrap import comparison_label, format_interval
 from aikd.evaluation.edc import limit_key, parse_operating_point
 from aikd.evaluation.report import SCHEMA
 
-__all__ = ["RunFigures", "load_run", "summarise_runs", "compare_runs_markdown", "compare_runs", "main_compare"]
+__all__ = [
+    "RunFigures",
+    "load_run",
+    "expand_runs",
+    "summarise_runs",
+    "compare_runs_markdown",
+    "compare_runs",
+    "main_compare",
+]
 
 
 @dataclass
@@ -116,6 +125,54 @@ def load_run(path: str | Path) -> RunFigures:
     return figures
 
 
+def _job_number(path: Path) -> tuple[int, str]:
+    head = path.name.split("_", 1)[0]
+    return (int(head), path.name) if head.isdigit() else (1 << 30, path.name)
+
+
+def _is_sweep(path: Path) -> bool:
+    """A Hydra multirun directory: no ``results.json`` of its own, but job directories (and Hydra's or aikd's sweep
+    files: ``multirun.yaml``, ``summary.csv``)."""
+    if not path.is_dir() or (path / "results.json").is_file():
+        return False
+    if (path / "multirun.yaml").is_file() or (path / "summary.csv").is_file():
+        return True
+    return any((p / "results.json").is_file() for p in path.iterdir() if p.is_dir())
+
+
+def expand_runs(runs: Sequence[str | Path | RunFigures]) -> tuple[list[Path | RunFigures], list[Path]]:
+    """Runs as given, with each multirun directory (a Hydra sweep: ``python train.py -m ... seed=1,2,3``, one
+    directory per job) replaced by its jobs in job order.
+
+    Returns:
+        ``(runs, left_out)``: ``left_out`` are the sweep's job directories without ``results.json`` (a job that
+        failed or has not finished), which are not compared; a plain run directory without it is an error later.
+
+    Raises:
+        ValueError: a sweep directory none of whose jobs has results (named).
+    """
+    out: list[Path | RunFigures] = []
+    left_out: list[Path] = []
+    for run in runs:
+        if isinstance(run, RunFigures):
+            out.append(run)
+            continue
+        path = Path(run).expanduser()
+        if not _is_sweep(path):
+            out.append(path)
+            continue
+        jobs = sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_job_number)
+        done = [p for p in jobs if (p / "results.json").is_file()]
+        if not done:
+            raise ValueError(
+                f"{path} is a multirun directory but none of its {len(jobs)} job(s) has results.json: the jobs "
+                f"failed or have not finished (see each job's log)"
+            )
+        out += done
+        left_out += [p for p in jobs if p not in done]
+    return out, left_out
+
+
 def _mean_sd(values: Sequence[float]) -> tuple[float, float, int]:
     """Mean, sample standard deviation (ddof 1; NaN with fewer than two values) and count of the defined values."""
     v = np.asarray([x for x in values if not math.isnan(x)], dtype=np.float64)
@@ -148,12 +205,13 @@ def summarise_runs(
     """Mean and spread over runs of every method's normalised pAUC, and of the student-minus-teacher differences.
 
     Args:
-        runs: run directories (or files, or already loaded :class:`RunFigures`).
+        runs: run directories (or files, or already loaded :class:`RunFigures`); a multirun directory stands for
+            its jobs (:func:`expand_runs`).
         limit: the pAUC limit to summarise (default: the first the runs report, e.g. 0.2).
         operating_points: which operating points (default: all the runs report).
 
     Returns:
-        ``{"runs": [source, ...], "limit": key, "conditions", "methods", "operating_points",
+        ``{"runs": [source, ...], "left_out": [job dir, ...], "limit": key, "conditions", "methods", "operating_points",
         "pauc": {op: {method: {condition: {"mean", "sd", "n", "values"}}}},
         "differences": {op: {"A - B": {condition: {"mean", "sd", "n", "values", "intervals"}}}}}``. The differences
         are the student against every method whose name starts with ``teacher:``: each run's difference (from its
@@ -164,7 +222,8 @@ def summarise_runs(
         ValueError: no runs, or runs that evaluated different conditions, methods or operating points (the files
             are named), or a limit they do not report.
     """
-    loaded = [r if isinstance(r, RunFigures) else load_run(r) for r in runs]
+    expanded, left_out = expand_runs(runs)
+    loaded = [r if isinstance(r, RunFigures) else load_run(r) for r in expanded]
     if not loaded:
         raise ValueError("no runs given: name at least one run directory")
     conditions = _same(loaded, "conditions", lambda r: r.conditions)
@@ -208,6 +267,7 @@ def summarise_runs(
                 differences[op][label][c] = {"mean": mean, "sd": sd, "n": n, "values": values, "intervals": intervals}
     return {
         "runs": [str(r.source) for r in loaded],
+        "left_out": [str(p) for p in left_out],
         "limit": key,
         "conditions": conditions,
         "methods": methods,
@@ -244,6 +304,10 @@ def compare_runs_markdown(summary: Mapping[str, Any], digits: int = 3) -> str:
     lim = float(summary["limit"])
     lines = [f"# {n} run(s) compared", ""]
     lines += [f"{i + 1}. `{src}`" for i, src in enumerate(runs)] + [""]
+    left_out = summary.get("left_out") or []
+    if left_out:
+        lines += [f"Left out (sweep jobs without results.json: failed or unfinished): {len(left_out)}", ""]
+        lines += [f"- `{p}`" for p in left_out] + [""]
     for op in summary["operating_points"]:
         lines.append(f"## Normalised pAUC@{lim:.2f}, {parse_operating_point(op).description} (`{op}`)")
         lines.append("")
@@ -303,7 +367,10 @@ def main_compare(argv: Sequence[str] | None = None) -> int:
         "+- sd of the normalised pAUC over the runs, and the student-minus-teacher difference with each run's "
         "bootstrap interval. Prints Markdown.",
     )
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run output directories (holding results.json)")
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR",
+        help="run output directories (holding results.json), or a multirun directory (its jobs: e.g. seed=1,2,3)",
+    )  # fmt: skip
     parser.add_argument("--limit", type=float, default=None, help="pAUC limit (default: the first reported, 0.2)")
     parser.add_argument(
         "--operating-point", action="append", default=None, dest="operating_points",

@@ -40,10 +40,10 @@ from aikd.training.objectives import OBJECTIVES, FitContext, TeacherObjective
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TeacherSpec", "obtain_teacher", "train_teacher", "FIT_KEYS"]
+__all__ = ["TeacherSpec", "obtain_teacher", "train_teacher", "training_index", "FIT_KEYS"]
 
 #: ``fit`` keys of the training loop itself; every other key is an option of the teacher's objective.
-FIT_KEYS = ("objective", "head", "epochs", "batch_size", "optimizer", "scheduler", "num_workers")
+FIT_KEYS = ("objective", "head", "epochs", "batch_size", "optimizer", "scheduler", "num_workers", "extra_train")
 
 
 @dataclass
@@ -153,6 +153,15 @@ def _training_scores(
     return np.asarray(cache.arrays["quality"])[cache.done]
 
 
+def training_index(spec: TeacherSpec, datamodule: Any) -> FaceIndex:
+    """The faces a teacher trains on: the datamodule's training split, without ``data.extra_train`` unless the
+    recipe says ``fit.extra_train: true`` (extra sources are there to widen what the student sees; the teacher's
+    classes and its calibration stay those of the primary data, so adding student faces does not change it)."""
+    if not (spec.fit or {}).get("extra_train", False):
+        return datamodule.index("train", extra=False)
+    return datamodule.index("train")
+
+
 def train_teacher(
     spec: TeacherSpec,
     datamodule: Any,
@@ -175,7 +184,7 @@ def train_teacher(
     from aikd.training.teacher_training import TeacherTrainingModule
 
     fit = dict(spec.fit or {})
-    index = datamodule.index("train")
+    index = training_index(spec, datamodule)
     canvas = datamodule.canvas
     trainer_kwargs = dict(trainer_kwargs or {})
     device = resolve_device(trainer_kwargs.get("accelerator"))
@@ -213,7 +222,8 @@ def train_teacher(
             },
         )
     else:
-        loader = datamodule.loader(datamodule.dataset("train", augment=True), batch_size, shuffle=True, drop_last=True)
+        faces = datamodule.dataset("train", augment=True, extra=bool(fit.get("extra_train", False)))
+        loader = datamodule.loader(faces, batch_size, shuffle=True, drop_last=True)
     context = FitContext(index=index, canvas=canvas, seed=int(seed or 0), device=device, **cached)
     objective.prepare(teacher, context)
     module = TeacherTrainingModule(
@@ -270,6 +280,7 @@ def obtain_teacher(
     import time
 
     train_wall_s = None
+    trained_on = None  # the faces a trained teacher learnt from (teacher.json), so a run says what its teacher saw
     source = spec.weights
     if spec.weights:
         teacher = load_teacher(spec.weights, expected_name=spec.name)
@@ -277,7 +288,8 @@ def obtain_teacher(
     elif spec.fit:
         from aikd.training.cache import dataset_fingerprint
 
-        index = datamodule.index("train")
+        index = training_index(spec, datamodule)
+        trained_on = {"images": len(index), "identities": int(index.num_identities), "root": str(index.root)}
         path = cache_root / "teachers" / f"{spec.fit_key(dataset_fingerprint(index), seed)}.safetensors"
         source = str(path)
         if path.is_file():
@@ -303,11 +315,14 @@ def obtain_teacher(
             teacher.freeze()
             device = resolve_device((trainer_kwargs or {}).get("accelerator"))
             scores = _training_scores(
-                teacher, datamodule.index("train"), datamodule.canvas, None, device, 64, cache_root
+                teacher, training_index(spec, datamodule), datamodule.canvas, None, device, 64, cache_root
             )
             _calibrate(teacher, scores, spec.calibration)
     teacher.freeze()
     from aikd.io import write_json
 
-    write_json(output_dir / "teacher.json", {**teacher.describe(), "file": source, "train_wall_s": train_wall_s})
+    write_json(
+        output_dir / "teacher.json",
+        {**teacher.describe(), "file": source, "train_wall_s": train_wall_s, "trained_on": trained_on},
+    )
     return teacher
