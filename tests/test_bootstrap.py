@@ -339,6 +339,32 @@ def test_compare_runs_expands_a_multirun_directory(tmp_path: Path) -> None:
         summarise_runs([empty])
 
 
+def test_compare_runs_of_an_extra_comparator(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--comparator facenet``: the figures made with an extra comparator's scores, not the main ones."""
+    t = "teacher:t"
+    for name, main_student, facenet_student in (("r1", 0.60, 0.80), ("r2", 0.62, 0.84)):
+        path = _run_summary(tmp_path / name, {t: {"aligned": 0.70}, "student": {"aligned": main_student}})
+        doc = json.loads(path.read_text())
+        doc["evaluation"]["extra_comparators"] = {
+            "facenet": {"pauc_normalised": {f"{t}/aligned/start_err=0.10/pauc0.2": 0.75,
+                                            "student/aligned/start_err=0.10/pauc0.2": facenet_student}}
+        }  # fmt: skip
+        path.write_text(json.dumps(doc))
+    runs = [tmp_path / "r1", tmp_path / "r2"]
+    main = summarise_runs(runs)["pauc"]["start_err=0.10"]["student"]["aligned"]
+    other = summarise_runs(runs, comparator="facenet")
+    assert main["mean"] == pytest.approx(0.61) and other["pauc"]["start_err=0.10"]["student"]["aligned"][
+        "mean"
+    ] == pytest.approx(0.82)
+    diff = other["differences"]["start_err=0.10"][f"student - {t}"]["aligned"]
+    assert diff["values"] == pytest.approx([0.05, 0.09]) and diff["intervals"] == [None, None]
+    assert main_compare([*map(str, runs), "--comparator", "facenet"]) == 0
+    text = capsys.readouterr().out
+    assert "extra comparator **facenet**" in text and "carry no bootstrap intervals" in text
+    assert main_compare([*map(str, runs), "--comparator", "arcface"]) == 2
+    assert "holds no figures with comparator 'arcface' (it has: facenet)" in capsys.readouterr().err
+
+
 def test_compare_runs_reads_edc_reports_too(tmp_path: Path) -> None:
     scores, good, useless = _pairs(300)
     for i, shift in enumerate((0.0, 0.5)):

@@ -421,28 +421,61 @@ def test_student_recipe_with_celeba_at_test_size(
     assert results["data"]["val"]["identities"] == 5
 
 
-def test_seed_sweep_and_compare_runs(user_env: dict[str, str], tmp_path: Path) -> None:
-    """README: ``python train.py -m experiment=... seed=12345,1,2`` then ``aikd compare-runs
-    logs/<task>/multiruns/<time> --out seeds.md`` (the demo at a test's size, two seeds): the sweep directory stands
-    for its jobs, and the table holds each method's mean +- sd and each run's student - teacher interval."""
+@pytest.mark.data
+def test_seed_sweep_and_compare_runs(user_env: dict[str, str], tmp_path: Path, cfp_root: Path) -> None:
+    """README: ``python train.py -m experiment=cfp_sface_small seed=12345,1,2`` then ``aikd compare-runs
+    logs/cfp_sface_small/multiruns/<time> --out seeds.md`` (8 training and 5 test identities, two seeds): the sweep
+    directory stands for its jobs, and the table holds each method's mean +- sd and each run's student - teacher
+    interval."""
+    env = {**user_env, "AIKD_DATA": str(cfp_root.parent)}
     logs = tmp_path / "logs"
-    run(["python", str(REPO / "train.py"), "-m", "seed=12345,1", *SMALL_DEMO, "trainer.max_epochs=1",
-         "evaluation.conditions=[none]", "evaluation.bootstrap=50", "stages=[prepare,teacher,distill,evaluate]",
-         f"paths.log_dir={logs}"], tmp_path, user_env)  # fmt: skip
-    (sweep,) = (logs / "synthetic-demo" / "multiruns").iterdir()
+    run(["python", str(REPO / "train.py"), "-m", "experiment=cfp_sface_small", "seed=12345,1",
+         "data.train.identities=[1,8]", "data.val.identities=[496,500]", "trainer.max_epochs=1",
+         "teacher.fit.epochs=2", "evaluation.conditions=[none]", "evaluation.bootstrap=50",
+         "evaluation.methods=[teacher,student]", "stages=[prepare,teacher,distill,evaluate]",
+         f"paths.log_dir={logs}"],
+        tmp_path, env)  # fmt: skip
+    (sweep,) = (logs / "cfp_sface_small" / "multiruns").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if (p / "results.json").is_file())
     assert len(jobs) == 2
     seeds = [json.loads((j / "results.json").read_text())["config"]["seed"] for j in jobs]
     assert seeds == [12345, 1]
     pauc = [json.loads((j / "results.json").read_text())["evaluation"]["pauc_normalised"] for j in jobs]
     key = "student/aligned/start_err=0.10/pauc0.2"
-    proc = run(["aikd", "compare-runs", str(sweep.relative_to(tmp_path)), "--out", "seeds.md"], tmp_path, user_env)
+    proc = run(["aikd", "compare-runs", str(sweep.relative_to(tmp_path)), "--out", "seeds.md"], tmp_path, env)
     text = (tmp_path / "seeds.md").read_text()
     assert proc.stdout == text and "# 2 run(s) compared" in text
     mean, sd = float(np.mean([p[key] for p in pauc])), float(np.std([p[key] for p in pauc], ddof=1))
     assert f"| student | {mean:.3f} ± {sd:.3f} |" in text
     row = next(line for line in text.splitlines() if line.startswith("| aligned |"))
     assert len(re.findall(r"[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", row)) == 2, row  # both runs' intervals
+    # README: aikd compare-runs logs/cfp_sface_small/multiruns/<time> --comparator facenet
+    facenet = [json.loads((j / "results.json").read_text())["evaluation"]["extra_comparators"]["facenet"] for j in jobs]
+    values = [f["pauc_normalised"][key] for f in facenet]
+    text = run(["aikd", "compare-runs", str(sweep), "--comparator", "facenet"], tmp_path, env).stdout
+    assert "extra comparator **facenet**" in text
+    assert f"| student | {np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} |" in text
+
+
+@pytest.mark.data
+def test_aikd_recipe_with_clean_views_at_test_size(user_env: dict[str, str], tmp_path: Path, cfp_root: Path) -> None:
+    """README: ``python train.py experiment=sface_aikd_recipe model.clean_weight=1.0`` (8 training and 5
+    validation identities, 1 epoch): the AI-KD student also learns from its clean view, evaluated on validation
+    identities only, nothing exported."""
+    env = {**user_env, "AIKD_DATA": str(cfp_root.parent)}
+    logs = tmp_path / "logs"
+    run(["python", str(REPO / "train.py"), "experiment=sface_aikd_recipe", "model.clean_weight=1.0",
+         "data.train.identities=[1,8]", "data.val.identities=[446,450]", "trainer.max_epochs=1",
+         "teacher.fit.epochs=2", "evaluation.conditions=[none,boxcrop]", f"paths.log_dir={logs}"],
+        tmp_path, env)  # fmt: skip
+    out = run_dir(logs, "sface_aikd_recipe")
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["timings_s"]) == ["prepare", "teacher", "distill", "evaluate"]
+    assert results["config"]["model"]["clean_weight"] == 1.0 and results["config"]["student"]["trainable"] == "last:14"
+    assert results["data"]["val"]["identities"] == 5 and not (out / "export").exists()
+    pauc = results["evaluation"]["pauc_normalised"]
+    assert {k.split("/")[0] for k in pauc} == {"teacher:crfiqa", "student"}
+    assert {k.split("/")[1] for k in pauc} == {"aligned", "boxcrop"}
 
 
 def test_development_commands_pass() -> None:

@@ -76,8 +76,11 @@ def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def load_run(path: str | Path) -> RunFigures:
+def load_run(path: str | Path, comparator: str | None = None) -> RunFigures:
     """Read one run's figures from its directory (or a ``results.json`` / EDC report file).
+
+    ``comparator``: the figures made with an extra comparator's comparison scores (``evaluation.extra_comparators``,
+    e.g. ``facenet``) instead of the main one's; they carry no bootstrap intervals.
 
     Raises:
         FileNotFoundError: no ``results.json`` there (named).
@@ -97,6 +100,14 @@ def load_run(path: str | Path) -> RunFigures:
     if not isinstance(doc, dict):
         raise ValueError(f"{file}: expected a JSON object, got {type(doc).__name__}")
     figures = RunFigures(source=file)
+    if comparator is not None:
+        extra = (doc.get("evaluation") or {}).get("extra_comparators") or {}
+        if comparator not in extra:
+            raise ValueError(
+                f"{file} holds no figures with comparator {comparator!r} (it has: {', '.join(extra) or 'none'}); "
+                f"run with evaluation.extra_comparators=[{comparator}], or leave out --comparator"
+            )
+        doc = {"evaluation": {"pauc_normalised": extra[comparator].get("pauc_normalised")}}
     if doc.get("schema") == SCHEMA:  # an EDC report (evaluation/results.json)
         for condition, methods in (doc.get("results") or {}).items():
             for method, entry in methods.items():
@@ -201,6 +212,7 @@ def summarise_runs(
     *,
     limit: float | None = None,
     operating_points: Sequence[str] | None = None,
+    comparator: str | None = None,
 ) -> dict[str, Any]:
     """Mean and spread over runs of every method's normalised pAUC, and of the student-minus-teacher differences.
 
@@ -209,6 +221,7 @@ def summarise_runs(
             its jobs (:func:`expand_runs`).
         limit: the pAUC limit to summarise (default: the first the runs report, e.g. 0.2).
         operating_points: which operating points (default: all the runs report).
+        comparator: an extra comparator's figures instead of the main ones (:func:`load_run`).
 
     Returns:
         ``{"runs": [source, ...], "left_out": [job dir, ...], "limit": key, "conditions", "methods", "operating_points",
@@ -223,7 +236,7 @@ def summarise_runs(
             are named), or a limit they do not report.
     """
     expanded, left_out = expand_runs(runs)
-    loaded = [r if isinstance(r, RunFigures) else load_run(r) for r in expanded]
+    loaded = [r if isinstance(r, RunFigures) else load_run(r, comparator) for r in expanded]
     if not loaded:
         raise ValueError("no runs given: name at least one run directory")
     conditions = _same(loaded, "conditions", lambda r: r.conditions)
@@ -268,6 +281,7 @@ def summarise_runs(
     return {
         "runs": [str(r.source) for r in loaded],
         "left_out": [str(p) for p in left_out],
+        "comparator": comparator,
         "limit": key,
         "conditions": conditions,
         "methods": methods,
@@ -303,11 +317,18 @@ def compare_runs_markdown(summary: Mapping[str, Any], digits: int = 3) -> str:
     conditions = summary["conditions"]
     lim = float(summary["limit"])
     lines = [f"# {n} run(s) compared", ""]
+    if summary.get("comparator"):
+        lines += [f"Comparison scores of the extra comparator **{summary['comparator']}**.", ""]
     lines += [f"{i + 1}. `{src}`" for i, src in enumerate(runs)] + [""]
     left_out = summary.get("left_out") or []
     if left_out:
         lines += [f"Left out (sweep jobs without results.json: failed or unfinished): {len(left_out)}", ""]
         lines += [f"- `{p}`" for p in left_out] + [""]
+    na = (
+        "n/a: extra comparators' figures carry no bootstrap intervals"
+        if summary.get("comparator")
+        else "n/a: the run was not bootstrapped, `evaluation.bootstrap=0`"
+    )
     for op in summary["operating_points"]:
         lines.append(f"## Normalised pAUC@{lim:.2f}, {parse_operating_point(op).description} (`{op}`)")
         lines.append("")
@@ -322,7 +343,7 @@ def compare_runs_markdown(summary: Mapping[str, Any], digits: int = 3) -> str:
         for label, per_condition in summary["differences"].get(op, {}).items():
             lines.append(
                 f"**{label}** (negative = student better): mean ± sd over runs, then each run's difference with its "
-                f"paired-bootstrap interval (n/a: the run was not bootstrapped, `evaluation.bootstrap=0`)."
+                f"paired-bootstrap interval ({na})."
             )
             lines.append("")
             lines.append("| condition | mean ± sd | " + " | ".join(f"run {i + 1}" for i in range(n)) + " |")
@@ -346,9 +367,11 @@ def compare_runs(
     limit: float | None = None,
     operating_points: Sequence[str] | None = None,
     out: str | Path | None = None,
+    comparator: str | None = None,
 ) -> str:
     """Markdown comparison of several runs (:func:`summarise_runs`); also written to ``out`` when given."""
-    text = compare_runs_markdown(summarise_runs(runs, limit=limit, operating_points=operating_points))
+    summary = summarise_runs(runs, limit=limit, operating_points=operating_points, comparator=comparator)
+    text = compare_runs_markdown(summary)
     if out is not None:
         from aikd.io import write_text
 
@@ -377,12 +400,22 @@ def main_compare(argv: Sequence[str] | None = None) -> int:
         help="operating point to show, e.g. start_err=0.10 (repeatable; default: all)",
     )  # fmt: skip
     parser.add_argument("-o", "--out", default=None, help="also write the Markdown to this file")
+    parser.add_argument(
+        "--comparator", default=None,
+        help="figures made with this extra comparator's scores (evaluation.extra_comparators, e.g. facenet)",
+    )  # fmt: skip
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0), bad arguments (2)
         return int(exc.code or 0)
     try:
-        text = compare_runs(args.runs, limit=args.limit, operating_points=args.operating_points, out=args.out)
+        text = compare_runs(
+            args.runs,
+            limit=args.limit,
+            operating_points=args.operating_points,
+            out=args.out,
+            comparator=args.comparator,
+        )
     except (FileNotFoundError, ValueError) as err:
         print(f"aikd compare-runs: {err}", file=sys.stderr)
         return 2
