@@ -72,6 +72,12 @@ def test_cfp_celeba_composes_cfp_plus_celeba_for_training(
     assert extra.split == "all" and extra.detect_missing and extra.landmarks is None and extra.detector == "mtcnn"
 
 
+def test_teacher_extra_train_must_be_a_bool(compose_cfg: Callable[..., DictConfig]) -> None:
+    assert validate_run(compose_cfg("+teacher.fit.extra_train=true"), STAGES) == []
+    with pytest.raises(ConfigError, match=r"teacher\.fit\.extra_train='yes' must be true .* or false"):
+        validate_run(compose_cfg("+teacher.fit.extra_train=yes"), STAGES)
+
+
 def test_missing_data_names_aikd_data(compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
     """Without the data the run refuses to start, naming the key and the environment variable to set."""
     empty = tmp_path / "nothing_here"

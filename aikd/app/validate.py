@@ -367,6 +367,11 @@ def _check_teacher(cfg: DictConfig, problems: list[str]) -> None:
     if weights and not OmegaConf.is_missing(cfg.teacher, "weights") and not Path(str(weights)).expanduser().is_file():
         problems.append(f"teacher.weights={weights}: no such teacher file")
     fit, build = cfg.teacher.get("fit") or {}, cfg.teacher.get("build") or {}
+    if not isinstance(fit.get("extra_train", False), bool):
+        problems.append(
+            f"teacher.fit.extra_train={fit.get('extra_train')!r} must be true (the teacher also trains on "
+            "data.extra_train) or false (the default: the primary training split only)"
+        )
     if str(fit.get("cr_centres", "head")) == "leave_one_out" and not weights:
         from aikd.models.backbones import parse_trainable
 
