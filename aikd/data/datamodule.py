@@ -181,15 +181,18 @@ class FaceDataModule(pl.LightningDataModule):
         only (unless their recipe says ``fit.extra_train: true``), because extra faces such as CelebA's, with one
         to eight images per identity, widen what the student sees but make poor classes for a margin head.
         """
-        key = split if extra or not self.extra_train or split != "train" else "train:primary"
+        if split == "train" and self.extra_train and extra:
+            if "train" not in self.indices:  # the primary split (loaded once) followed by the extra sources
+                primary = self.index("train", extra=False)
+                self.indices["train"] = concat_indices([primary, *(s.load() for s in self.extra_train)])
+                log.info("train data with data.extra_train: %s", self.indices["train"].describe())
+            return self.indices["train"]
+        key = "train:primary" if split == "train" and self.extra_train else split
         if key not in self.indices:
             source = self.sources.get(split)
             if source is None:
                 raise ValueError(f"no '{split}' source configured (set data.{split})")
-            index = source.load()
-            if key == "train" and self.extra_train:
-                index = concat_indices([index, *(s.load() for s in self.extra_train)])
-            self.indices[key] = index
+            self.indices[key] = source.load()
             log.info("%s data: %s", key, self.indices[key].describe())
         return self.indices[key]
 

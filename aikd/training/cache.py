@@ -33,7 +33,7 @@ from torch import Tensor
 
 from aikd.data.index import FaceIndex
 from aikd.geometry.align import Canvas
-from aikd.io import write_json
+from aikd.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -410,10 +410,8 @@ def _tag_rows(cache: RowCache, index: FaceIndex, tag: Mapping[str, Any]) -> None
     keys_path = cache.directory / "row_keys.npy"
     if keys_path.is_file() and (cache.directory / "reuse.json").is_file():
         return
-    tmp = keys_path.with_name(".row_keys.npy.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(keys_path) as tmp, open(tmp, "wb") as f:
         np.save(f, row_keys(index))
-    os.replace(tmp, keys_path)
     write_json(cache.directory / "reuse.json", dict(tag))
 
 

@@ -19,6 +19,7 @@ from aikd.models.registry import Registry
 __all__ = [
     "FaceBackbone",
     "BACKBONES",
+    "he_init",
     "TRAINABLE_MODES",
     "register_backbone",
     "create_backbone",
@@ -52,6 +53,18 @@ class FaceBackbone(nn.Module):
 
 
 BACKBONES: Registry[FaceBackbone] = Registry("backbone")
+
+
+def he_init(module: nn.Module, mode: str = "fan_out") -> None:
+    """He-normal weights for every convolution in ``module`` and identity BatchNorms, the start the backbones
+    trained from scratch share (``mode``: ``fan_out`` as the iResNet/IR trainings use, ``fan_in`` where depthwise
+    kernels must see their 9 inputs rather than ``9 x channels``). Loading trained weights overrides it."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def register_backbone(name: str | None = None, **kwargs: Any):

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from aikd.geometry.align import Geometry
 from aikd.geometry.preprocess import InputSpec
 from aikd.models.backbones import checkpoints
-from aikd.models.backbones.base import FaceBackbone, register_backbone
+from aikd.models.backbones.base import FaceBackbone, he_init, register_backbone
 from aikd.models.backbones.depths import IRESNET_LAYERS
 
 __all__ = ["IBasicBlock", "IResNet", "PRESETS", "iresnet18", "iresnet34", "iresnet50", "iresnet100"]
@@ -182,12 +182,7 @@ class IResNet(FaceBackbone):
         # He initialisation for the convolutions (fan-out, as MagFace/AdaFace use) and identity BatchNorms.
         # insightface draws conv weights from N(0, 0.1), which makes an untrained deep iResNet in eval mode
         # blow up numerically; the initialisation does not affect loading trained weights.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self, mode="fan_out")
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, IBasicBlock):

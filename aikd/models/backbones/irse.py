@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from aikd.geometry.align import Geometry
 from aikd.geometry.preprocess import InputSpec
 from aikd.models.backbones import checkpoints
-from aikd.models.backbones.base import FaceBackbone, register_backbone
+from aikd.models.backbones.base import FaceBackbone, he_init, register_backbone
 from aikd.models.backbones.depths import IR_UNITS
 
 __all__ = ["BasicBlockIR", "IRNet", "ADAFACE_SPEC", "build_ir", "ir_18", "ir_50", "ir_101"]
@@ -108,12 +108,7 @@ class IRNet(FaceBackbone):
             blocks += [BasicBlockIR(depth, depth, 1) for _ in range(n - 1)]
             in_channel = depth
         self.body = nn.Sequential(*blocks)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self, mode="fan_out")  # BatchNorm1d's default is the identity too: same start as before
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Normalised BGR input ``(B, 3, 112, 112)`` -> raw embedding ``(B, embedding_dim)``."""

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from aikd.geometry.align import Geometry
 from aikd.geometry.preprocess import InputSpec
-from aikd.models.backbones.base import FaceBackbone, register_backbone
+from aikd.models.backbones.base import FaceBackbone, he_init, register_backbone
 
 __all__ = ["MobileFaceNet", "MOBILEFACENET_SETTINGS", "MOBILEFACENET_INPUT_SPEC", "mobilefacenet"]
 
@@ -125,12 +125,7 @@ class MobileFaceNetLayout(FaceBackbone):
         """He initialisation (fan-in: depthwise kernels see 9 inputs, not ``9 x channels``) for the convolutions,
         and every shortcut block starting as the identity (the scale of its last BatchNorm at 0), so a network
         trained from scratch starts with well-scaled activations in train and eval mode alike."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self, mode="fan_in")
         for block in self.blocks:
             if block.residual:
                 nn.init.zeros_(block.conv[-1][1].weight)
