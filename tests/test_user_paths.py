@@ -394,27 +394,34 @@ def test_sface_experiments_at_test_size(
 
 
 @pytest.mark.data
-def test_student_recipe_with_celeba_at_test_size(
-    user_env: dict[str, str], tmp_path: Path, cfp_root: Path, celeba_root: Path
+@pytest.mark.parametrize("celeba", [False, True], ids=["cfp", "cfp_celeba"])
+def test_student_recipe_at_test_size(
+    user_env: dict[str, str], tmp_path: Path, cfp_root: Path, celeba: bool, request: pytest.FixtureRequest
 ) -> None:
-    """README: ``python train.py experiment=sface_student_recipe data=cfp_celeba trainer.max_epochs=8`` (8 CFP
-    training identities plus a few CelebA folders, 5 validation identities, 1 epoch): the student learns from CFP
-    and CelebA faces, the teacher from CFP alone, and only the validation identities are evaluated."""
-    celeba = tmp_path / "celeba"
-    for ident in sorted(p for p in celeba_root.iterdir() if p.is_dir())[:6]:
-        shutil.copytree(ident, celeba / ident.name)
-    n_celeba = len(list(celeba.rglob("*.jpg")))
+    """README: ``python train.py experiment=sface_student_recipe`` and the same with ``data=cfp_celeba
+    trainer.max_epochs=8`` (8 CFP training identities, plus a few CelebA folders in the second, 5 validation
+    identities, 1 epoch): the student learns from CFP (and CelebA) faces, the teacher from CFP alone, and only the
+    validation identities are evaluated."""
+    extra: list[str] = []
+    n_celeba = n_celeba_ids = 0
+    if celeba:
+        faces = tmp_path / "celeba"
+        celeba_root: Path = request.getfixturevalue("celeba_root")
+        for ident in sorted(p for p in celeba_root.iterdir() if p.is_dir())[:6]:
+            shutil.copytree(ident, faces / ident.name)
+        n_celeba, n_celeba_ids = len(list(faces.rglob("*.jpg"))), 6
+        extra = ["data=cfp_celeba", f"data.extra_train.0.root={faces}"]
     env = {**user_env, "AIKD_DATA": str(cfp_root.parent)}
     logs = tmp_path / "logs"
-    run(["python", str(REPO / "train.py"), "experiment=sface_student_recipe", "data=cfp_celeba",
+    run(["python", str(REPO / "train.py"), "experiment=sface_student_recipe", *extra,
          "trainer.max_epochs=1", "data.train.identities=[1,8]", "data.val.identities=[496,500]",
-         "teacher.fit.epochs=2", "evaluation.conditions=[none,boxcrop]", f"data.extra_train.0.root={celeba}",
-         f"paths.log_dir={logs}"], tmp_path, env)  # fmt: skip
+         "teacher.fit.epochs=2", "evaluation.conditions=[none,boxcrop]", f"paths.log_dir={logs}"],
+        tmp_path, env)  # fmt: skip
     out = run_dir(logs, "sface_student_recipe")
     results = json.loads((out / "results.json").read_text())
     assert list(results["timings_s"]) == ["prepare", "teacher", "distill", "evaluate"]
     train = results["data"]["train"]
-    assert train["images"] == 8 * 14 + n_celeba and train["identities"] == 8 + 6
+    assert train["images"] == 8 * 14 + n_celeba and train["identities"] == 8 + n_celeba_ids
     trained_on = json.loads((out / "teacher.json").read_text())["trained_on"]
     assert trained_on["images"] == 8 * 14 and trained_on["identities"] == 8  # the teacher: CFP alone
     assert {k.split("/")[0] for k in results["evaluation"]["pauc_normalised"]} == {"teacher:crfiqa", "student"}
