@@ -73,9 +73,32 @@ def test_cfp_celeba_composes_cfp_plus_celeba_for_training(
 
 
 def test_teacher_extra_train_must_be_a_bool(compose_cfg: Callable[..., DictConfig]) -> None:
-    assert validate_run(compose_cfg("+teacher.fit.extra_train=true"), STAGES) == []
+    assert validate_run(compose_cfg("teacher.fit.extra_train=true"), STAGES) == []
     with pytest.raises(ConfigError, match=r"teacher\.fit\.extra_train='yes' must be true .* or false"):
-        validate_run(compose_cfg("+teacher.fit.extra_train=yes"), STAGES)
+        validate_run(compose_cfg("teacher.fit.extra_train=yes"), STAGES)
+
+
+def test_teacher_on_extra_faces_with_leave_one_out_centres_refuses_single_faces_at_start_up(
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    """CelebA has thousands of identities with one face; a leave-one-out teacher cannot use them, and the run must
+    say so before caching any features, naming the key to set."""
+    empty = tmp_path / "nothing_here"
+    empty.mkdir()  # the data is absent, so every variant fails; what matters is whether this reason is among them
+    base = ("data=cfp_celeba", "teacher=crfiqa_sface", f"paths.data_dir={empty}")
+
+    def problems(*overrides: str) -> str:
+        with pytest.raises(ConfigError) as err:
+            validate_run(compose_cfg(*base, *overrides), STAGES)
+        return str(err.value)
+
+    reason = r"data.extra_train[0].min_images_per_identity=1: set it to 2 or more"
+    assert reason in problems("teacher.fit.extra_train=true")
+    assert "min_images_per_identity" not in problems(
+        "teacher.fit.extra_train=true", "data.extra_train.0.min_images_per_identity=3"
+    )
+    assert "min_images_per_identity" not in problems("teacher.fit.extra_train=false")
+    assert "min_images_per_identity" not in problems("teacher.fit.extra_train=true", "teacher.fit.cr_centres=head")
 
 
 def test_missing_data_names_aikd_data(compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:

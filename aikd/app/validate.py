@@ -372,6 +372,20 @@ def _check_teacher(cfg: DictConfig, problems: list[str]) -> None:
             f"teacher.fit.extra_train={fit.get('extra_train')!r} must be true (the teacher also trains on "
             "data.extra_train) or false (the default: the primary training split only)"
         )
+    if fit.get("extra_train") is True and str(fit.get("cr_centres", "head")) == "leave_one_out":
+        # Leave-one-out centres need a second face of the identity; CelebA-like extra data has many single faces,
+        # and finding that out after its features are cached wastes the longest step of the run.
+        for i, node in enumerate((cfg.get("data") or {}).get("extra_train") or []):
+            if not isinstance(node, DictConfig):
+                continue
+            folder = str(node.get("_target_", "")).endswith("FolderSource")  # its default keeps single faces
+            least = node.get("min_images_per_identity", 1 if folder else None)
+            if least is not None and int(least) < 2:
+                problems.append(
+                    f"teacher.fit.extra_train=true with teacher.fit.cr_centres=leave_one_out needs two faces per "
+                    f"identity, but data.extra_train[{i}].min_images_per_identity={least}: set it to 2 or more "
+                    f"(data.extra_train.{i}.min_images_per_identity=3), or teacher.fit.extra_train=false"
+                )
     if str(fit.get("cr_centres", "head")) == "leave_one_out" and not weights:
         from aikd.models.backbones import parse_trainable
 
