@@ -68,7 +68,8 @@ def documented_commands() -> list[str]:
     """The argument strings of every ``python train.py`` command in the README, docs/ and the config comments."""
     found: set[str] = set()
     for path in DOCS:
-        for match in re.finditer(r"python train\.py((?:[ \t]+[^ \t`\n#|;)]+)*)", path.read_text()):
+        text = re.sub(r"\\\n\s*", " ", path.read_text())  # shell line continuations
+        for match in re.finditer(r"python train\.py((?:[ \t]+[^ \t`\n#|;)]+)*)", text):
             args = match.group(1).strip()
             if not any(args.startswith(skip) or f" {skip}" in args for skip in NEEDS_USER_FILES):
                 found.add(args)

@@ -429,6 +429,40 @@ def test_student_recipe_at_test_size(
 
 
 @pytest.mark.data
+def test_teacher_recipe_with_celeba_identities_at_test_size(
+    user_env: dict[str, str], tmp_path: Path, cfp_root: Path, celeba_root: Path
+) -> None:
+    """README: ``python train.py experiment=sface_teacher_recipe data=cfp_celeba teacher.fit.extra_train=true
+    data.extra_train.0.min_images_per_identity=3 data.extra_train.0.detector=yunet`` (8 CFP training identities plus
+    a few CelebA folders, 5 validation identities): the teacher's classes are CFP's and those CelebA identities with
+    3+ faces; without the minimum the run refuses at start-up, naming the key."""
+    faces = tmp_path / "celeba"
+    folders = sorted(p for p in celeba_root.iterdir() if p.is_dir())[:12]
+    for ident in folders:
+        shutil.copytree(ident, faces / ident.name)
+    counts = [len(list(ident.glob("*.jpg"))) for ident in folders]
+    assert min(counts) < 3 <= max(counts), counts  # both kinds of identity are in the sample
+    env = {**user_env, "AIKD_DATA": str(cfp_root.parent)}
+    logs = tmp_path / "logs"
+    args = ["python", str(REPO / "train.py"), "experiment=sface_teacher_recipe", "data=cfp_celeba",
+            "teacher.fit.extra_train=true", f"data.extra_train.0.root={faces}", "data.extra_train.0.detector=yunet",
+            "data.train.identities=[1,8]", "data.val.identities=[496,500]", "teacher.fit.epochs=2",
+            ]  # fmt: skip
+    refused = run([*args, f"paths.log_dir={tmp_path / 'refused'}"], tmp_path, env, ok=False)
+    assert refused.returncode == 2 and "data.extra_train[0].min_images_per_identity=1" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not [p.name for p in (tmp_path / "refused").rglob("*") if p.suffix in (".json", ".safetensors", ".npy")]
+    run([*args, "data.extra_train.0.min_images_per_identity=3", f"paths.log_dir={logs}"], tmp_path, env)
+    out = run_dir(logs, "sface_teacher_recipe")
+    trained_on = json.loads((out / "teacher.json").read_text())["trained_on"]
+    kept = [n for n in counts if n >= 3]
+    assert trained_on["identities"] == 8 + len(kept)
+    assert 8 * 14 < trained_on["images"] <= 8 * 14 + sum(kept)  # YuNet may miss a face or two
+    results = json.loads((out / "results.json").read_text())
+    assert {k.split("/")[0] for k in results["evaluation"]["pauc_normalised"]} == {"teacher:crfiqa", "fr_norm"}
+
+
+@pytest.mark.data
 def test_seed_sweep_and_compare_runs(user_env: dict[str, str], tmp_path: Path, cfp_root: Path) -> None:
     """README: ``python train.py -m experiment=cfp_sface_small seed=12345,1,2`` then ``aikd compare-runs
     logs/cfp_sface_small/multiruns/<time> --out seeds.md`` (8 training and 5 test identities, two seeds): the sweep
