@@ -2,8 +2,9 @@
 
 What must hold: ``degrade=none`` / ``p=0`` changes no pixel; a degraded canvas keeps shape, dtype and range and is
 really degraded; draws are a pure function of ``(seed, epoch, row)``; only the distillation training loader
-degrades (validation, evaluation and teacher training stay clean); and a run that would pair degraded faces with
-cached clean-face teacher scores is refused at start-up.
+degrades (validation, evaluation and teacher training stay clean); a run that would pair degraded faces with
+cached clean-face teacher scores is refused at start-up; and with ``variants`` the teacher's scores of the degraded
+versions are cached and equal what the online teacher computes.
 """
 
 from __future__ import annotations
@@ -218,12 +219,25 @@ def test_realistic_with_the_online_teacher_composes_builds_and_validates(
     assert compose_cfg().degrade is None  # the default: degrade=none
 
 
-def test_realistic_with_cached_teacher_scores_is_refused(compose_cfg: Callable[..., DictConfig]) -> None:
+def test_realistic_with_cached_teacher_scores_needs_variants(compose_cfg: Callable[..., DictConfig]) -> None:
     with pytest.raises(ConfigError) as info:
         validate_run(compose_cfg("degrade=realistic", "stage.distill.teacher_mode=cache"), STAGES)
     text = str(info.value)
-    for expected in ("degrade=realistic", "stage.distill.teacher_mode=cache", "set stage.distill.teacher_mode=online"):
+    for expected in (
+        "degrade=realistic",
+        "stage.distill.teacher_mode=cache",
+        "set degrade.variants=4",
+        "stage.distill.teacher_mode=online",
+    ):
         assert expected in text, text
+    # with a fixed number of degraded versions per face the cache can hold their scores
+    validate_run(compose_cfg("degrade=realistic", "degrade.variants=4", "stage.distill.teacher_mode=cache"), STAGES)
+    # ... on one process only
+    with pytest.raises(ConfigError, match=r"degrade.variants and cached teacher scores runs on one process"):
+        validate_run(compose_cfg("degrade=realistic", "degrade.variants=4", "trainer=ddp_cpu"), STAGES)
+    # a number of versions below one is refused with the key
+    with pytest.raises(ConfigError, match=r"degrade.variants must be a positive number"):
+        validate_run(compose_cfg("degrade=realistic", "degrade.variants=0"), STAGES)
     # without the distill stage nothing is degraded, so nothing to refuse
     validate_run(compose_cfg("degrade=realistic", "stages=[prepare,preview]"), STAGES)
 
@@ -302,3 +316,110 @@ def test_distillation_fit_degrades_each_face_once_per_epoch_with_the_online_teac
     q_degraded = module.on_after_batch_transfer(dict(batch), 0)["teacher_quality"]
     q_clean = module.on_after_batch_transfer(dict(clean), 0)["teacher_quality"]
     assert torch.equal(batch["index"], clean["index"]) and not torch.allclose(q_degraded, q_clean)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A fixed number of degraded versions per face: teacher scores cached, keyed by the degradation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_variants_repeat_the_draws_every_n_epochs() -> None:
+    img = _sharp_canvas(size=96)
+    fresh, cyclic = _realistic(p=0.6), _realistic(p=0.6, variants=3)
+    for row in range(12):
+        outs = [cyclic(img, row, e) for e in range(6)]
+        for e in range(3):
+            assert np.array_equal(outs[e], outs[e + 3])  # epoch e and e + 3 show the same version
+            assert np.array_equal(outs[e], fresh(img, row, e))  # the first cycle is the fresh draws' first epochs
+            if not cyclic.applies(row, e):  # applies() tells what __call__ does: a face it rejects stays clean
+                assert outs[e] is img
+    share = np.mean([cyclic.applies(r, e) for r in range(300) for e in range(3)])
+    assert 0.5 < share < 0.7  # p = 0.6
+    changed = [not np.array_equal(cyclic(img, r, 0), img) for r in range(40) if cyclic.applies(r, 0)]
+    assert np.mean(changed) > 0.7  # (a face drawn for degradation can still escape every transform's own p)
+
+
+def test_fingerprint_names_what_decides_the_degraded_faces() -> None:
+    base = _realistic(variants=4)
+    assert base.fingerprint() == _realistic(variants=4).fingerprint()  # two builds of one config: one cache entry
+    others = [_realistic(variants=2), _realistic(variants=4, p=0.3), _realistic(variants=4, seed=1)]
+    others.append(Degradation(A.Compose([A.GaussianBlur(blur_limit=(3, 9), p=1.0)]), p=0.5, seed=0, variants=4))
+    prints = {base.fingerprint(), *(d.fingerprint() for d in others)}
+    assert len(prints) == 5
+
+
+@pytest.mark.parametrize("reuse_features", [True, False], ids=["head-on-cached-features", "whole-teacher"])
+def test_cached_scores_of_degraded_faces_equal_the_online_teachers(
+    tmp_path: Path, reuse_features: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over several epochs of the degrading training loader, the cache gives for each face exactly what the online
+    teacher computes on that batch; only degraded faces cost a teacher pass, and a second run computes nothing."""
+    from aikd.models.teacher import TEACHERS, create_teacher
+    from aikd.training.cache import (
+        DegradedTeacherScores,
+        canvas_batch,
+        degraded_teacher_scores,
+        head_only_scoring,
+        teacher_score_cache,
+        teacher_scores,
+    )
+
+    root = write_folder_dataset(tmp_path / "faces", identities=4, per_identity=4, size=96)
+    degradation = _realistic(p=0.5, variants=2)
+    dm = _datamodule(root, degradation)
+    torch.manual_seed(0)
+    teacher = create_teacher("crfiqa", **TEACHERS.get("crfiqa").example_kwargs).eval()
+    assert head_only_scoring(teacher)  # so both paths are exercised by the parametrisation
+    index = dm.index("train")
+    cache_root = tmp_path / "cache" / "teacher_scores"
+    clean = teacher_score_cache(teacher, index, dm.canvas, cache_root, batch_size=8, reuse_features=reuse_features)
+    scores = degraded_teacher_scores(
+        teacher, index, dm.canvas, cache_root, degradation, clean, batch_size=8, reuse_features=reuse_features
+    )
+    assert isinstance(scores, DegradedTeacherScores)
+    n_degraded = sum(degradation.applies(r, v) for r in range(len(index)) for v in range(2))
+    assert 0 < n_degraded < 2 * len(index) and int(scores.degraded.done.sum()) == n_degraded
+
+    loader = dm.train_dataloader()
+    seen_degraded = 0
+    for epoch in range(4):
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            assert torch.equal(batch["epoch"], torch.full_like(batch["index"], epoch))
+            with torch.no_grad():
+                online = teacher_scores(teacher, canvas_batch(batch, "cpu"))
+            q, e = scores.lookup(batch["index"], batch["epoch"])
+            torch.testing.assert_close(q, online["quality"], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(e, online["embedding"], atol=2e-3, rtol=2e-3)  # stored as float16
+            seen_degraded += sum(degradation.applies(int(r), epoch) for r in batch["index"])
+    assert seen_degraded > 0
+    with pytest.raises(ValueError, match="need the epoch of each face"):
+        scores.lookup(batch["index"])
+
+    # resumable and reused: a second call finds every version scored and runs neither backbone nor teacher
+    def refuse(*args, **kwargs):
+        raise AssertionError("computed again")
+
+    monkeypatch.setattr(teacher.backbone, "forward", refuse)
+    monkeypatch.setattr(teacher, "forward", refuse)
+    again = degraded_teacher_scores(
+        teacher, index, dm.canvas, cache_root, degradation, clean, batch_size=8, reuse_features=reuse_features
+    )
+    assert again.degraded.directory == scores.degraded.directory
+    # another degradation is another entry
+    other = _realistic(p=0.5, variants=3)
+    monkeypatch.undo()
+    third = degraded_teacher_scores(teacher, index, dm.canvas, cache_root, other, clean, batch_size=8)
+    assert third.degraded.directory != scores.degraded.directory and third.degraded.n == 3 * len(index)
+
+
+def test_degraded_scores_need_variants(tmp_path: Path) -> None:
+    from aikd.models.teacher import TEACHERS, create_teacher
+    from aikd.training.cache import degraded_teacher_scores, teacher_score_cache
+
+    root = write_folder_dataset(tmp_path / "faces", identities=4, per_identity=2, size=96)
+    dm = _datamodule(root, _realistic(p=1.0))
+    teacher = create_teacher("crfiqa", **TEACHERS.get("crfiqa").example_kwargs).eval()
+    clean = teacher_score_cache(teacher, dm.index("train"), dm.canvas, tmp_path / "c")
+    with pytest.raises(ValueError, match=r"degrade.variants is null.*set degrade.variants"):
+        degraded_teacher_scores(teacher, dm.index("train"), dm.canvas, tmp_path / "c", dm.degrade, clean)

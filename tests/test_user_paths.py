@@ -394,6 +394,31 @@ def test_sface_experiments_at_test_size(
 
 
 @pytest.mark.data
+def test_degraded_small_student_at_test_size(user_env: dict[str, str], tmp_path: Path, cfp_root: Path) -> None:
+    """README: ``python train.py experiment=cfp_sface_small_degrade`` (8 training and 5 test identities, 2 epochs):
+    half of the training faces degraded in four versions, each scored once by the teacher and cached (not the
+    online teacher), the versions cycling over the epochs."""
+    env = {**user_env, "AIKD_DATA": str(cfp_root.parent)}
+    logs = tmp_path / "logs"
+    run(["python", str(REPO / "train.py"), "experiment=cfp_sface_small_degrade", "data.train.identities=[1,8]",
+         "data.val.identities=[496,500]", "trainer.max_epochs=2", "teacher.fit.epochs=2",
+         "evaluation.conditions=[none]", "evaluation.bootstrap=0", f"paths.log_dir={logs}"], tmp_path, env)  # fmt: skip
+    out = run_dir(logs, "cfp_sface_small_degrade")
+    results = json.loads((out / "results.json").read_text())
+    distill = results["distill"]
+    assert distill["teacher_mode"] == "cache" and distill["degraded_scores"]["variants"] == 4
+    # p = 0.5 of 4 versions of 112 faces went through the teacher (and only those)
+    assert 0.35 * 4 * 112 < distill["degraded_scores"]["faces_scored"] < 0.65 * 4 * 112
+    assert Path(distill["degraded_scores"]["cache"]).is_dir()
+    assert {k.split("/")[0] for k in results["evaluation"]["pauc_normalised"]} == {
+        "teacher:crfiqa",
+        "student",
+        "fr_norm",
+    }
+    assert (out / "export" / "student.onnx").is_file()
+
+
+@pytest.mark.data
 @pytest.mark.parametrize("celeba", [False, True], ids=["cfp", "cfp_celeba"])
 def test_student_recipe_at_test_size(
     user_env: dict[str, str], tmp_path: Path, cfp_root: Path, celeba: bool, request: pytest.FixtureRequest

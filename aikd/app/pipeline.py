@@ -311,7 +311,7 @@ def _distill(ctx: RunContext) -> None:
     from hydra.utils import instantiate
 
     from aikd.config import stage_settings
-    from aikd.training.cache import teacher_score_cache
+    from aikd.training.cache import degraded_teacher_scores, teacher_score_cache
 
     cfg = ctx.cfg
     dm = build_datamodule(ctx)
@@ -326,9 +326,11 @@ def _distill(ctx: RunContext) -> None:
                 "data.augment changes pixels, so cached teacher scores would be wrong: set "
                 "stage.distill.teacher_mode=online (or data.augment=null)"
             )
-        if getattr(dm, "degrades", False):
+        degrades = bool(getattr(dm, "degrades", False))
+        if degrades and not getattr(dm.degrade, "variants", None):
             raise ValueError(
-                "degrade degrades the training faces, but the teacher-score cache holds scores of clean faces: set "
+                "degrade degrades the training faces with a new draw every epoch, which cached teacher scores cannot "
+                "follow: set degrade.variants (e.g. 4 degraded versions per face, scored once) or "
                 "stage.distill.teacher_mode=online (or degrade=none)"
             )
         root = _cache_root(cfg) / "teacher_scores"
@@ -339,6 +341,11 @@ def _distill(ctx: RunContext) -> None:
         from aikd.training.distributed import distributed_teacher_score_caches, trainer_world_size
 
         if trainer_world_size(cfg.trainer) > 1:
+            if degrades:
+                raise ValueError(
+                    "degrade with cached teacher scores runs on one process: use stage.distill.teacher_mode=online "
+                    "for a DDP fit with degraded faces (or a single-device trainer)"
+                )
             splits = {s: dm.index(s) for s in ("train", "val") if dm.sources.get(s) is not None}
             caches = distributed_teacher_score_caches(
                 teacher, splits, dm.canvas, root, cfg.trainer, int(cfg.data.batch_size), int(dm.num_workers)
@@ -349,6 +356,17 @@ def _distill(ctx: RunContext) -> None:
                     caches[split] = teacher_score_cache(
                         teacher, dm.index(split), dm.canvas, root, batch_size=int(cfg.data.batch_size), device=dev
                     )
+            if degrades:  # the training faces' degraded versions, scored once (degrade.variants of each)
+                caches["train"] = degraded_teacher_scores(
+                    teacher,
+                    dm.index("train"),
+                    dm.canvas,
+                    root,
+                    dm.degrade,
+                    caches["train"],
+                    batch_size=int(cfg.data.batch_size),
+                    device=dev,
+                )
     elif mode != "online":
         raise ValueError(f"stage.distill.teacher_mode must be 'cache' or 'online', got {mode!r}")
     module.attach_teacher(teacher, caches)
@@ -361,6 +379,13 @@ def _distill(ctx: RunContext) -> None:
     ctx.components["student"] = student
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     ctx.results["distill"] = {"metrics": metrics, "global_step": _global_step(trainer), "teacher_mode": mode}
+    degraded = getattr(caches.get("train"), "degraded", None)
+    if degraded is not None:  # cached scores of degraded faces: how many versions and faces the teacher scored
+        ctx.results["distill"]["degraded_scores"] = {
+            "variants": int(dm.degrade.variants),
+            "faces_scored": int(degraded.done.sum()),
+            "cache": str(degraded.directory),
+        }
     ctx.results.setdefault("metrics", {}).update(metrics)
 
 

@@ -320,11 +320,12 @@ def _degrade_choice() -> str:
 
 
 def _check_degrade(cfg: DictConfig, problems: list[str]) -> None:
-    """``degrade`` (conf/degrade): the pipeline must build, and degraded training faces need the online teacher.
+    """``degrade`` (conf/degrade): the pipeline must build, and degraded training faces need their own teacher scores.
 
-    The teacher-score cache holds the teacher's scores of the *clean* faces (it is computed once per teacher and
-    data and shared by every run), so with degraded faces the student would learn clean-face scores for degraded
-    faces: exactly the opposite of the point.
+    The ordinary teacher-score cache holds the teacher's scores of the *clean* faces, so with degraded faces the
+    student would learn clean-face scores for degraded faces: exactly the opposite of the point. Cached scores
+    work only with ``degrade.variants`` (a fixed number of degraded versions per face, all scored once, on one
+    process); otherwise the online teacher must score every degraded face.
     """
     node = cfg.get("degrade")
     if node is None:
@@ -338,11 +339,26 @@ def _check_degrade(cfg: DictConfig, problems: list[str]) -> None:
         problems.append(f"degrade={choice}: the degradation pipeline cannot be built ({err})")
         return
     mode = str(stage_settings(cfg, "distill").get("teacher_mode", "cache"))
-    if getattr(degradation, "active", True) and mode == "cache":
+    if not getattr(degradation, "active", True) or mode != "cache":
+        return
+    if not getattr(degradation, "variants", None):
         problems.append(
-            f"degrade={choice} degrades the training faces, but stage.distill.teacher_mode=cache gives the teacher's "
-            "cached scores of the clean faces: set stage.distill.teacher_mode=online (the teacher then scores each "
-            "degraded face), or degrade=none"
+            f"degrade={choice} degrades the training faces with a new draw every epoch, but "
+            "stage.distill.teacher_mode=cache gives cached scores: set degrade.variants=4 (four degraded versions "
+            "of each face, scored once by the teacher and cached), or stage.distill.teacher_mode=online (the teacher "
+            "scores each degraded face), or degrade=none"
+        )
+        return
+    from aikd.training.distributed import trainer_world_size
+
+    try:
+        world = trainer_world_size(cfg.trainer)
+    except Exception:  # noqa: BLE001 - an unusable trainer config is reported by the trainer's own check
+        return
+    if world > 1:
+        problems.append(
+            f"degrade={choice} with degrade.variants and cached teacher scores runs on one process, but the trainer "
+            "has several: use stage.distill.teacher_mode=online with a DDP trainer (or a single-device trainer)"
         )
 
 

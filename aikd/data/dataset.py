@@ -76,7 +76,8 @@ class AlignedFaces(Dataset):
 
     ``len(dataset)`` counts the usable rows; ``item["index"]`` is always the row in ``index`` (for caches).
     Items are dicts with ``image`` (``3 x S x S`` uint8), ``landmarks`` (``5 x 2`` float32, source pixels),
-    ``canvas_from_source`` (``2 x 3`` float32), ``identity`` and ``index`` (int64); a skipped item is ``None``.
+    ``canvas_from_source`` (``2 x 3`` float32), ``identity`` and ``index`` (int64), and with ``degrade`` the
+    ``epoch`` (int64) it was degraded for; a skipped item is ``None``.
     """
 
     def __init__(
@@ -130,13 +131,16 @@ class AlignedFaces(Dataset):
             out = self.transform(image=out)["image"]
         if self.degrade is not None:
             out = self.degrade(out, i, epoch)
-        return {
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))),
             "landmarks": torch.from_numpy(np.asarray(lm, dtype=np.float32)),
             "canvas_from_source": torch.from_numpy(m.astype(np.float32)),
             "identity": torch.tensor(int(self.index.identity[i]), dtype=torch.int64),
             "index": torch.tensor(i, dtype=torch.int64),
         }
+        if self.degrade is not None:  # which degraded version this is: the key of degradation-keyed score caches
+            item["epoch"] = torch.tensor(int(epoch), dtype=torch.int64)
+        return item
 
     def __getitem__(self, i: int | tuple[int, int]) -> dict[str, Any] | None:
         epoch = 0
@@ -188,14 +192,16 @@ class FaceRows(Dataset):
         faces: the aligned faces to read from.
         rows: index rows (default: every usable row of ``faces``). Rows ``faces`` cannot use (no landmarks under
             ``missing_landmarks="skip"``) are left out and counted in :attr:`n_dropped`.
+        epoch: the epoch the faces are loaded as (what ``faces.degrade`` draws from; no effect without it).
 
     Attributes:
         rows: ``(M,)`` int64, the index rows this dataset yields, in order.
         n_dropped: requested rows that were left out.
     """
 
-    def __init__(self, faces: AlignedFaces, rows: np.ndarray | None = None) -> None:
+    def __init__(self, faces: AlignedFaces, rows: np.ndarray | None = None, epoch: int = 0) -> None:
         self.faces = faces
+        self.epoch = int(epoch)
         if rows is None:
             self.rows = np.asarray(faces.rows, dtype=np.int64)
             self.n_dropped = 0
@@ -209,7 +215,7 @@ class FaceRows(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, Any] | None:
-        return self.faces.get_row(int(self.rows[i]))
+        return self.faces.get_row(int(self.rows[i]), self.epoch)
 
 
 def face_loader(
@@ -218,6 +224,8 @@ def face_loader(
     rows: np.ndarray | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
+    degrade: Callable[[np.ndarray, int, int], np.ndarray] | None = None,
+    epoch: int = 0,
 ) -> DataLoader:
     """Batches of ``rows`` of ``index`` aligned onto ``canvas``, in order: the loader behind every pass that scores
     or caches a set of faces (cache fills, the DDP teacher pass, evaluation, RI's unrecognisable identities).
@@ -225,7 +233,8 @@ def face_loader(
     Batches are :func:`collate_faces` dicts (``uint8`` canvases, ``landmarks``, ``canvas_from_source``,
     ``identity``, ``index`` = the index rows); unreadable images are dropped from their batch and counted in
     ``n_skipped``. ``loader.dataset`` is the :class:`FaceRows` (its ``rows`` are what will be read, its
-    ``n_dropped`` the requested rows without landmarks).
+    ``n_dropped`` the requested rows without landmarks). ``degrade``: the faces degraded as in ``epoch`` (for
+    degradation-keyed caches, :func:`aikd.training.cache.degraded_teacher_scores`).
     """
-    dataset = FaceRows(AlignedFaces(index, canvas), rows)
+    dataset = FaceRows(AlignedFaces(index, canvas, degrade=degrade), rows, epoch=epoch)
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_faces)

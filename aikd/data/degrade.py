@@ -12,6 +12,12 @@ degrades (:meth:`~aikd.data.datamodule.FaceDataModule.train_dataloader`); valida
 and the teacher-score cache see clean faces. Since cached teacher scores are scores of clean faces, a degrading run
 needs ``stage.distill.teacher_mode=online`` (start-up validation refuses the cache).
 
+Cached teacher scores: with ``variants=V`` each face has only ``V`` degraded versions (epoch ``e`` uses version
+``e mod V``), so the teacher's scores of all of them can be computed once, before training, and stored in a cache
+keyed by the degradation (:class:`~aikd.training.cache.DegradedTeacherScores`); ``stage.distill.teacher_mode=cache``
+then works with degraded faces, at the cost of ``V x p`` teacher passes per face instead of one per face and epoch.
+With ``variants=None`` (the default) every epoch draws afresh and only the online teacher can score the faces.
+
 Reproducibility: each face's degradation is a pure function of ``(seed, epoch, row)`` (the row of the face in the
 data index; the epoch comes with the index from the training sampler,
 :class:`~aikd.data.datamodule.EpochShuffleSampler` with ``tag_epoch=True``). It does not depend on the number of
@@ -22,6 +28,8 @@ epoch.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -61,29 +69,66 @@ class Degradation:
         p: probability that a face is degraded at all (the rest stay bit-identical clean faces); inside the
             pipeline each transform has its own probability, so degraded faces get different mixes.
         seed: base seed (the run's ``seed``).
+        variants: number of distinct degraded versions of each face (epoch ``e`` draws version ``e mod variants``),
+            which makes the teacher's scores cacheable; ``None``: a new draw every epoch (online teacher only).
 
     Call it as ``degradation(image, row, epoch)`` on an ``H x W x 3`` uint8 canvas; it returns a new array of the
     same shape and dtype, or ``image`` itself when the face is not degraded.
     """
 
-    def __init__(self, transform: Callable[..., dict[str, Any]] | None = None, p: float = 0.5, seed: int = 0) -> None:
+    def __init__(
+        self,
+        transform: Callable[..., dict[str, Any]] | None = None,
+        p: float = 0.5,
+        seed: int = 0,
+        variants: int | None = None,
+    ) -> None:
         if not 0.0 <= float(p) <= 1.0:
             raise ValueError(f"degrade.p must be in [0, 1] (the share of training faces degraded), got {p}")
+        if variants is not None and int(variants) < 1:
+            raise ValueError(
+                f"degrade.variants must be a positive number of degraded versions per face (or null for a new draw "
+                f"every epoch), got {variants}"
+            )
         self.transform = transform
         self.p = float(p)
         self.seed = int(seed)
+        self.variants = None if variants is None else int(variants)
 
     @property
     def active(self) -> bool:
         """Whether any face can change (``p > 0`` and a pipeline to apply)."""
         return self.p > 0 and self.transform is not None
 
+    def variant(self, epoch: int) -> int:
+        """The version of the faces that ``epoch`` sees (``epoch mod variants``; the epoch itself without variants)."""
+        return int(epoch) % self.variants if self.variants else int(epoch)
+
+    def _draws(self, row: int, epoch: int) -> tuple[bool, np.random.SeedSequence]:
+        seq = np.random.SeedSequence([self.seed & 0xFFFFFFFF, self.variant(epoch), int(row)])
+        draw, pipeline = seq.spawn(2)
+        return bool(np.random.default_rng(draw).random() < self.p), pipeline
+
+    def applies(self, row: int, epoch: int = 0) -> bool:
+        """Whether face ``row`` is degraded in ``epoch`` (otherwise it stays the clean face, bit for bit)."""
+        return self.active and self._draws(row, epoch)[0]
+
+    def fingerprint(self) -> str:
+        """Hash of what decides the degraded faces (pipeline, ``p``, seed, variants): the key of score caches."""
+        try:
+            import albumentations as A
+
+            pipeline: Any = A.to_dict(self.transform) if self.transform is not None else None
+        except Exception:  # not an albumentations pipeline: its repr is the best description there is
+            pipeline = repr(self.transform)
+        spec = {"pipeline": pipeline, "p": self.p, "seed": self.seed, "variants": self.variants}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     def __call__(self, image: np.ndarray, row: int, epoch: int = 0) -> np.ndarray:
         if not self.active:
             return image
-        seq = np.random.SeedSequence([self.seed & 0xFFFFFFFF, int(epoch), int(row)])
-        draw, pipeline = seq.spawn(2)
-        if np.random.default_rng(draw).random() >= self.p:
+        degraded, pipeline = self._draws(row, epoch)
+        if not degraded:
             return image
         seed_transforms(self.transform, pipeline)
         out = self.transform(image=image)["image"]
@@ -95,4 +140,7 @@ class Degradation:
         return np.ascontiguousarray(out)
 
     def __repr__(self) -> str:
-        return f"Degradation(p={self.p}, seed={self.seed}, transform={type(self.transform).__name__})"
+        return (
+            f"Degradation(p={self.p}, seed={self.seed}, variants={self.variants}, "
+            f"transform={type(self.transform).__name__})"
+        )

@@ -38,10 +38,12 @@ from aikd.io import atomic_path, write_json
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "DegradedTeacherScores",
     "RowCache",
     "TeacherScoreCache",
     "dataset_fingerprint",
     "cache_key",
+    "degraded_teacher_scores",
     "canvas_batch",
     "feature_cache",
     "features_root_for",
@@ -211,6 +213,8 @@ def fill_cache(
     flush_every_s: float = 30.0,
     progress: bool = True,
     desc: str = "caching",
+    degrade: Any | None = None,
+    variant: int = 0,
 ) -> RowCache:
     """Compute the missing rows of ``cache``: stream canvases of ``index`` and store ``compute(batch)``.
 
@@ -218,15 +222,23 @@ def fill_cache(
     ``canvas_from_source``, ``index``) and returns a dict of per-row tensors named like the cache fields.
     Rows without landmarks or with unreadable images are skipped (they stay not-done). Progress is flushed
     to disk every ``flush_every_s`` seconds, so an interrupted fill resumes.
+
+    With a :class:`~aikd.data.degrade.Degradation` ``degrade`` (``variants`` set) this fills version ``variant``
+    of a degradation-keyed cache of ``len(index) x variants`` rows: the faces are degraded as in epoch
+    ``variant`` and index row ``r`` is stored at row ``r * variants + variant`` (``rows`` are index rows).
     """
     from tqdm.auto import tqdm
 
     from aikd.data.dataset import face_loader
 
-    todo = cache.todo(rows)
+    stride = 1 if degrade is None else int(degrade.variants)
+    rows = np.arange(len(index) if degrade is not None else cache.n) if rows is None else np.asarray(rows, np.int64)
+    todo = rows[~cache.done[rows * stride + variant]]
     if len(todo) == 0:
         return cache
-    loader = face_loader(index, canvas, todo, batch_size=batch_size, num_workers=num_workers)
+    loader = face_loader(
+        index, canvas, todo, batch_size=batch_size, num_workers=num_workers, degrade=degrade, epoch=variant
+    )
     if len(loader.dataset) == 0:
         return cache
     dev = torch.device(device)
@@ -244,7 +256,7 @@ def fill_cache(
         for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
             if len(batch["index"]) == 0:
                 continue
-            cache.write(batch["index"], **compute(canvas_batch(batch, dev)))
+            cache.write(batch["index"] * stride + variant, **compute(canvas_batch(batch, dev)))
             if time.monotonic() - last > flush_every_s:
                 cache.flush()
                 last = time.monotonic()
@@ -457,6 +469,21 @@ def reuse_rows(cache: RowCache, rows: np.ndarray | None = None) -> int:
     return copied
 
 
+def _backbone_features(teacher: Any, device: str | torch.device) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
+    """The ``compute`` of a backbone-feature cache: the teacher's backbone on its aligned crops of a canvas batch."""
+    from aikd.geometry.align import crop
+
+    backbone = teacher.backbone
+    backbone.to(device).eval()
+    geometry = teacher.input_spec.geometry
+
+    def compute(b: dict[str, Tensor]) -> dict[str, Tensor]:
+        crops = crop(b["image"], b["landmarks"], geometry, b["canvas_from_source"])
+        return {"features": backbone(crops)}
+
+    return compute
+
+
 def feature_cache(
     teacher: Any,
     index: FaceIndex,
@@ -472,24 +499,14 @@ def feature_cache(
 
     Only rows whose features are not cached yet go through the backbone.
     """
-    from aikd.geometry.align import crop
-
     cache = open_feature_cache(teacher, index, canvas, root)
     assert cache is not None
     reuse_rows(cache, rows)
-    backbone = teacher.backbone
-    backbone.to(device).eval()
-    geometry = teacher.input_spec.geometry
-
-    def compute(b: dict[str, Tensor]) -> dict[str, Tensor]:
-        crops = crop(b["image"], b["landmarks"], geometry, b["canvas_from_source"])
-        return {"features": backbone(crops)}
-
     return fill_cache(
         cache,
         index,
         canvas,
-        compute,
+        _backbone_features(teacher, device),
         rows=rows,
         batch_size=batch_size,
         num_workers=num_workers,
@@ -598,3 +615,138 @@ def teacher_score_cache(
         progress=progress,
         desc=f"teacher {teacher.name}",
     )
+
+
+class DegradedTeacherScores:
+    """Teacher scores of degraded training faces (``conf/degrade`` with ``variants``), looked up by face and epoch.
+
+    A :class:`~aikd.data.degrade.Degradation` with ``variants=V`` gives each face ``V`` versions (epoch ``e``
+    shows version ``e mod V``), each degraded or left clean by its own draw. The degraded versions' scores live in
+    ``degraded`` (``len(index) x V`` rows, row ``r * V + v``); a version the draw leaves clean is the clean face,
+    whose score is in ``clean`` (the run's ordinary teacher-score cache), so only degraded faces cost a teacher
+    pass. :meth:`lookup` returns exactly what the online teacher would compute for the batch.
+    """
+
+    def __init__(self, clean: TeacherScoreCache, degraded: TeacherScoreCache, degradation: Any) -> None:
+        if not getattr(degradation, "variants", None):
+            raise ValueError("a degradation-keyed score cache needs degrade.variants (a number of versions per face)")
+        if degraded.n != clean.n * int(degradation.variants):
+            raise ValueError(f"{degraded.directory}: {degraded.n} rows for {clean.n} faces x {degradation.variants}")
+        self.clean = clean
+        self.degraded = degraded
+        self.degradation = degradation
+
+    @property
+    def embedding_dim(self) -> int | None:
+        return self.clean.embedding_dim
+
+    def lookup(self, rows: Tensor, epochs: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Teacher quality ``(B,)`` and embedding ``(B, D)`` (or ``None``) of faces ``rows`` as degraded in
+        ``epochs`` (the batch's ``epoch``, which degrading training loaders add)."""
+        if epochs is None:
+            raise ValueError(
+                "degraded teacher scores need the epoch of each face (batch['epoch'], added by a degrading loader)"
+            )
+        quality, embedding = self.clean.lookup(rows)
+        r = rows.detach().cpu().numpy().astype(np.int64)
+        e = epochs.detach().cpu().numpy().astype(np.int64)
+        deg = self.degradation
+        mask = np.fromiter((deg.applies(int(a), int(b)) for a, b in zip(r, e)), dtype=bool, count=len(r))
+        if not mask.any():
+            return quality, embedding
+        slots = r[mask] * int(deg.variants) + np.asarray([deg.variant(int(b)) for b in e[mask]], dtype=np.int64)
+        dq, de = self.degraded.lookup(torch.from_numpy(slots).to(rows.device))
+        sel = torch.from_numpy(mask).to(rows.device)
+        quality = quality.clone()
+        quality[sel] = dq
+        if embedding is not None and de is not None:
+            embedding = embedding.clone()
+            embedding[sel] = de
+        return quality, embedding
+
+
+def degraded_teacher_scores(
+    teacher: Any,
+    index: FaceIndex,
+    canvas: Canvas,
+    root: str | Path,
+    degradation: Any,
+    clean: TeacherScoreCache,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    features_root: str | Path | None = None,
+    reuse_features: bool = True,
+) -> DegradedTeacherScores:
+    """Open (and fill if needed) the teacher's scores of every degraded version of the faces of ``index``.
+
+    The cache entry is keyed by the teacher, the data, the canvas and :meth:`Degradation.fingerprint
+    <aikd.data.degrade.Degradation.fingerprint>` (pipeline, ``p``, seed, variants), so another degradation gets
+    its own entry and an interrupted fill resumes. For a teacher on a frozen backbone (:func:`head_only_scoring`)
+    the backbone features of the degraded faces are cached too (keyed by backbone and degradation): every head on
+    that backbone - another seed's teacher - then costs milliseconds, as for clean faces.
+
+    Args:
+        teacher: the frozen teacher.
+        index: the training faces (the index the degrading training loader reads).
+        canvas: the canvas faces are aligned onto.
+        root: the teacher-score cache root.
+        degradation: the run's :class:`~aikd.data.degrade.Degradation`, with ``variants`` set.
+        clean: the teacher-score cache of the clean faces of ``index`` (:func:`teacher_score_cache`).
+        batch_size: images per batch.
+        num_workers: loader worker processes.
+        device: where the teacher runs.
+        progress: show progress bars.
+        features_root: the backbone-feature cache root (default: :func:`features_root_for` ``root``).
+        reuse_features: ``False`` scores every degraded face with the whole teacher (no feature cache).
+    """
+    n_var = getattr(degradation, "variants", None)
+    if not n_var:
+        raise ValueError(
+            "degrade.variants is null: every epoch draws new degradations, which only the online teacher can score; "
+            "set degrade.variants (e.g. 4) or stage.distill.teacher_mode=online"
+        )
+    n_var = int(n_var)
+    n = len(index)
+    data_fp = dataset_fingerprint(index)
+    tag = {"geometry": teacher.input_spec.geometry.to_dict(), "degrade": degradation.fingerprint()}
+    scores = TeacherScoreCache(
+        Path(root) / cache_key(teacher.fingerprint, data_fp, canvas, tag),
+        n * n_var,
+        teacher.embedding_dim,
+        meta={"teacher": teacher.describe(), "data_root": str(index.root), "n_images": n, "variants": n_var},
+    )
+    per_variant = [np.asarray([r for r in range(n) if degradation.applies(r, v)], np.int64) for v in range(n_var)]
+    slots = np.concatenate([rows * n_var + v for v, rows in enumerate(per_variant)])
+    if len(scores.todo(slots)) == 0:
+        return DegradedTeacherScores(clean, scores, degradation)
+    teacher.to(device)
+    fill_kw = {"batch_size": batch_size, "num_workers": num_workers, "device": device, "progress": progress}
+    if reuse_features and head_only_scoring(teacher):
+        froot = features_root_for(root) if features_root is None else Path(features_root)
+        features = RowCache(
+            froot / cache_key(teacher.backbone_fingerprint(), data_fp, canvas, tag),
+            n * n_var,
+            {"features": ((int(teacher.backbone.embedding_dim),), np.float32)},
+            meta={"backbone": teacher.config.get("backbone"), "variants": n_var, "degrade": repr(degradation)},
+        )
+        compute = _backbone_features(teacher, device)
+        for v, rows in enumerate(per_variant):
+            desc = f"backbone features, degraded faces (version {v + 1}/{n_var})"
+            fill_cache(features, index, canvas, compute, rows, desc=desc, degrade=degradation, variant=v, **fill_kw)
+        fill_scores_from_features(scores, teacher, features, slots, device=device)
+    else:
+        compute = functools.partial(teacher_scores, teacher)
+        for v, rows in enumerate(per_variant):
+            desc = f"teacher {teacher.name}, degraded faces (version {v + 1}/{n_var})"
+            fill_cache(scores, index, canvas, compute, rows, desc=desc, degrade=degradation, variant=v, **fill_kw)
+    log.info(
+        "teacher %s: scores of %d degraded faces (%d versions of %d faces) in %s",
+        teacher.name,
+        int(scores.done.sum()),
+        n_var,
+        n,
+        scores.directory,
+    )
+    return DegradedTeacherScores(clean, scores, degradation)

@@ -4,7 +4,8 @@ teacher gives the properly aligned crop of the same face.
 Per batch, on the device (``on_after_batch_transfer``): canvases -> the student's misaligned view (a
 ``conf/misalign`` module; random in training, seeded per image in validation) and, where needed, the student's
 clean view; teacher targets come from the teacher-score cache (default: computed once per dataset and teacher)
-or from running the teacher online on its clean view (needed when photometric augmentation changes pixels).
+or from running the teacher online on its clean view (needed when photometric augmentation changes pixels, and
+for degraded faces unless ``degrade.variants`` makes their scores cacheable: ``DegradedTeacherScores``).
 
 Loss = SmoothL1_beta(q_student(misaligned), q_teacher(aligned))
      + embedding_weight * (1 - cos(e_student(misaligned), e_teacher(aligned)))      [teacher with embedding]
@@ -150,6 +151,14 @@ class DistillModule(pl.LightningModule):
     def _teacher_targets(self, batch: dict[str, Tensor], img: Tensor) -> tuple[Tensor, Tensor | None]:
         cache = self._shared.caches.get(self._split())
         if cache is not None:
+            if "epoch" in batch:  # degraded faces: the score of the version this epoch shows (DegradedTeacherScores)
+                if not hasattr(cache, "degradation"):
+                    raise ValueError(
+                        "the training faces are degraded but the teacher-score cache holds clean faces' scores: set "
+                        "degrade.variants (scores of the degraded versions are cached) or "
+                        "stage.distill.teacher_mode=online"
+                    )
+                return cache.lookup(batch["index"], batch["epoch"])
             return cache.lookup(batch["index"])
         teacher = self.teacher
         if teacher is None:
