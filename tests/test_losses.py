@@ -20,7 +20,7 @@ from aikd.training.fiqa_targets import (
     ri_loss,
     ui_centre,
 )
-from aikd.training.losses import distillation_loss
+from aikd.training.losses import distillation_loss, pairwise_rank_loss
 from aikd.training.margins import (
     MARGIN_HEADS,
     AdaFaceHead,
@@ -408,6 +408,43 @@ def test_distillation_embedding_term_only_with_both_embeddings_and_positive_weig
         assert out["loss"].item() == pytest.approx(quality_only) and out["embedding"].item() == 0.0
     with pytest.raises(ValueError, match="e_student and e_teacher"):
         distillation_loss(q_s, q_t, e, e[:, :1])
+
+
+def test_pairwise_rank_loss_prefers_the_teachers_order_and_ignores_units() -> None:
+    t = torch.tensor([0.1, 0.5, 0.2, 0.9, 0.4])
+    same, reversed_ = 3.0 * t, -3.0 * t
+    assert pairwise_rank_loss(same, t) < pairwise_rank_loss(t * 0, t) < pairwise_rank_loss(reversed_, t)
+    # a shift of the student's scores changes nothing; teacher and student in other units (x10) change nothing
+    assert pairwise_rank_loss(same + 7.0, t).item() == pytest.approx(pairwise_rank_loss(same, t).item(), abs=1e-6)
+    assert pairwise_rank_loss(10 * same, 10 * t).item() == pytest.approx(pairwise_rank_loss(same, t).item(), abs=1e-5)
+    # the loss falls as the student separates correctly ordered pairs further
+    assert pairwise_rank_loss(6.0 * t, t) < pairwise_rank_loss(same, t)
+    # a pair the teacher ties contributes nothing; one face or all ties: 0 (and a gradient of zeros, not NaN)
+    tied = torch.tensor([0.3, 0.3])
+    assert pairwise_rank_loss(torch.tensor([1.0, -1.0]), tied).item() == 0.0
+    s = torch.tensor([0.2], requires_grad=True)
+    out = pairwise_rank_loss(s, torch.tensor([0.4]))
+    out.backward()
+    assert out.item() == 0.0 and s.grad is not None and torch.all(s.grad == 0)
+
+
+def test_pairwise_rank_loss_by_hand_and_in_the_distillation_loss() -> None:
+    s = torch.tensor([0.0, 1.0, 0.5], requires_grad=True)
+    t = torch.tensor([0.0, 1.0, 2.0], requires_grad=True)
+    sd = t.detach().std().item()
+    pairs = [(0, 1), (0, 2), (1, 2)]  # (i, j), t_i < t_j each: loss softplus(-(s_j - s_i) / sd), weight t_j - t_i
+    expected = sum((t[j] - t[i]).item() * math.log1p(math.exp(-(s[j] - s[i]).item() / sd)) for i, j in pairs)
+    expected /= sum((t[j] - t[i]).item() for i, j in pairs)
+    assert pairwise_rank_loss(s, t).item() == pytest.approx(expected, abs=1e-6)
+    out = distillation_loss(s, t, beta=0.5, rank_weight=2.0)
+    assert out["rank"].item() == pytest.approx(expected, abs=1e-6)
+    assert out["loss"].item() == pytest.approx(out["quality"].item() + 2.0 * expected, abs=1e-6)
+    out["loss"].backward()
+    assert t.grad is None and s.grad is not None
+    # s_2 is ranked below s_1 although the teacher ranks it highest: the ranking term alone pushes it up, s_1 down
+    (grad,) = torch.autograd.grad(pairwise_rank_loss(s, t), s)
+    assert grad[2] < 0 < grad[1]
+    assert distillation_loss(s, t)["rank"].item() == 0.0  # off by default (AI-KD's loss)
 
 
 # ------------------------------------------------------------------------------------------------ OFIQ mapping

@@ -58,6 +58,17 @@ def test_every_problem_is_listed_with_its_key(compose_cfg: Callable[..., DictCon
     assert len(info.value.problems) == 9
 
 
+def test_loss_weights_are_checked(compose_cfg: Callable[..., DictConfig]) -> None:
+    cfg = compose_cfg("model.rank_weight=-1", "model.beta=0", "model.embedding_weight=-0.5")
+    with pytest.raises(ConfigError) as info:
+        validate_run(cfg, STAGES)
+    text = str(info.value)
+    assert "model.rank_weight=-1: a loss weight must be >= 0" in text
+    assert "model.embedding_weight=-0.5: a loss weight must be >= 0" in text
+    assert "model.beta=0: the SmoothL1 transition must be > 0" in text
+    validate_run(compose_cfg("model.rank_weight=0.5", "model.clean_weight=1.0"), STAGES)  # accepted
+
+
 def test_stage_and_data_problems(compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown stage 'evalute' \(did you mean 'evaluate'"):
         validate_run(compose_cfg("stages=[prepare,evalute]"), STAGES)

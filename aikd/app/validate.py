@@ -476,6 +476,20 @@ def _check_moved(cfg: DictConfig, problems: list[str]) -> None:
             problems.append(f"'{old}' is not read any more ({why}): use {new} instead")
 
 
+def _check_loss_weights(cfg: DictConfig, problems: list[str]) -> None:
+    """``model.beta`` must be positive and the loss weights non-negative (a negative weight maximises its term)."""
+    model = cfg.get("model")
+    if model is None:
+        return
+    beta = model.get("beta")
+    if beta is not None and not float(beta) > 0:
+        problems.append(f"model.beta={beta}: the SmoothL1 transition must be > 0 (AI-KD uses 0.5)")
+    for key in ("embedding_weight", "clean_weight", "rank_weight"):
+        value = model.get(key)
+        if value is not None and float(value) < 0:
+            problems.append(f"model.{key}={value}: a loss weight must be >= 0 (0 turns the term off)")
+
+
 def validate_run(cfg: DictConfig, stages: Iterable[str]) -> list[str]:
     """Adapt teacher-dependent defaults, then check everything the configured stages will use.
 
@@ -515,6 +529,7 @@ def validate_run(cfg: DictConfig, stages: Iterable[str]) -> list[str]:
     _check_data(cfg, problems)
     if "distill" in run_stages:
         _check_degrade(cfg, problems)
+        _check_loss_weights(cfg, problems)
     n_before = len(problems)
     _check_teacher(cfg, problems)
     # Adapting needs a known teacher; the other checks go on either way, so one run lists every problem.

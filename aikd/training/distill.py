@@ -9,6 +9,7 @@ for degraded faces unless ``degrade.variants`` makes their scores cacheable: ``D
 
 Loss = SmoothL1_beta(q_student(misaligned), q_teacher(aligned))
      + embedding_weight * (1 - cos(e_student(misaligned), e_teacher(aligned)))      [teacher with embedding]
+     + rank_weight * pairwise_rank_loss(q_student(misaligned), q_teacher(aligned))      [pairs of the batch]
      + clean_weight * (the same on the student's clean view).
 
 The teacher is never a submodule: it is not in ``parameters()``, not in the optimiser and not in checkpoints,
@@ -73,6 +74,7 @@ class DistillModule(pl.LightningModule):
         beta: SmoothL1 transition of the quality term (AI-KD: 0.5).
         embedding_weight: weight of the embedding-consistency term (0 disables it).
         clean_weight: weight of the same loss on the student's clean view (0 = misaligned only, as AI-KD).
+        rank_weight: weight of the pairwise ranking term (``aikd.training.losses.pairwise_rank_loss``; 0 = off).
         val_misalign: perturbation for validation (default: ``misalign``), drawn per image from ``val_seed``.
         val_seed: seed of validation perturbations.
         student_config: how the student was built (stored in checkpoints so ``aikd score`` can rebuild it).
@@ -89,6 +91,7 @@ class DistillModule(pl.LightningModule):
         beta: float = 0.5,
         embedding_weight: float = 1.0,
         clean_weight: float = 0.0,
+        rank_weight: float = 0.0,
         val_misalign: Misalignment | None = None,
         val_seed: int = 0,
         student_config: dict[str, Any] | None = None,
@@ -103,6 +106,7 @@ class DistillModule(pl.LightningModule):
         self.beta = beta
         self.embedding_weight = embedding_weight
         self.clean_weight = clean_weight
+        self.rank_weight = rank_weight
         self.val_seed = val_seed
         self._shared = _Shared()
         self._val: dict[str, list[Tensor]] = {}
@@ -117,6 +121,7 @@ class DistillModule(pl.LightningModule):
                     "beta": beta,
                     "embedding_weight": embedding_weight,
                     "clean_weight": clean_weight,
+                    "rank_weight": rank_weight,
                     "misalign": repr(self.misalign),
                 }
             )
@@ -226,7 +231,13 @@ class DistillModule(pl.LightningModule):
         out = self.student(view)
         w = self.embedding_weight if "teacher_embedding" in batch else 0.0
         return distillation_loss(
-            out.quality, batch["teacher_quality"], out.embedding, batch.get("teacher_embedding"), self.beta, w
+            out.quality,
+            batch["teacher_quality"],
+            out.embedding,
+            batch.get("teacher_embedding"),
+            self.beta,
+            w,
+            self.rank_weight,
         )
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
@@ -243,6 +254,8 @@ class DistillModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/quality_loss", parts["quality"], batch_size=bs)
         self.log("train/embedding_loss", parts["embedding"], batch_size=bs)
+        if self.rank_weight > 0:
+            self.log("train/rank_loss", parts["rank"], batch_size=bs)
         self.log("train/skipped", float(n_skipped), reduce_fx="sum", batch_size=bs)
         return loss
 
