@@ -16,6 +16,7 @@ detects missing landmarks, a backbone whose ``weights="default"`` are converted 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ __all__ = [
     "write_json",
     "write_text",
     "sha256_file",
+    "content_key",
     "data_root",
 ]
 
@@ -162,3 +164,28 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=1 << 20)
+def _content_key(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return f"{size}:{h.hexdigest()}"
+
+
+def content_key(path: str | Path) -> str:
+    """``"<size>:<blake2b-128 of the bytes>"`` of a data file, or ``"missing"`` when it cannot be read.
+
+    What keys the per-image caches (features, teacher scores, trained teachers) to a dataset's *content*: a copy of
+    the data (to a node's scratch disk, a re-provisioned volume, another root) has new modification times and a new
+    path, and a key made of those would send every face through the backbone again. Hashing costs one read of each
+    file (about 3 s for CFP's 7,000 photos on 2 cores), done once per file and process (memoised by path, size and
+    modification time, so a file changed in place is read again).
+    """
+    try:
+        st = os.stat(path)
+        return _content_key(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    except OSError:
+        return "missing"

@@ -269,9 +269,9 @@ class _Recording(Degradation):
         super().__init__(*args, **kwargs)
         self.calls: list[tuple[int, int]] = []
 
-    def __call__(self, image: np.ndarray, row: int, epoch: int = 0) -> np.ndarray:
+    def apply(self, image: np.ndarray, row: int, epoch: int = 0) -> tuple[np.ndarray, bool]:
         self.calls.append((int(row), int(epoch)))
-        return super().__call__(image, row, epoch)
+        return super().apply(image, row, epoch)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -388,10 +388,15 @@ def test_cached_scores_of_degraded_faces_equal_the_online_teachers(
             assert torch.equal(batch["epoch"], torch.full_like(batch["index"], epoch))
             with torch.no_grad():
                 online = teacher_scores(teacher, canvas_batch(batch, "cpu"))
-            q, e = scores.lookup(batch["index"], batch["epoch"])
+            # the loader's own draw travels with the batch and is the one applies() makes
+            drawn = [degradation.applies(int(r), epoch) for r in batch["index"]]
+            assert batch["degraded"].dtype == torch.bool and batch["degraded"].tolist() == drawn
+            q, e = scores.lookup(batch["index"], batch["epoch"], batch["degraded"])
             torch.testing.assert_close(q, online["quality"], atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(e, online["embedding"], atol=2e-3, rtol=2e-3)  # stored as float16
-            seen_degraded += sum(degradation.applies(int(r), epoch) for r in batch["index"])
+            q2, _ = scores.lookup(batch["index"], batch["epoch"])  # drawn again when the batch does not say
+            assert torch.equal(q2, q)
+            seen_degraded += sum(drawn)
     assert seen_degraded > 0
     with pytest.raises(ValueError, match="need the epoch of each face"):
         scores.lookup(batch["index"])

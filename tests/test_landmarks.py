@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -268,8 +269,16 @@ def test_detect_landmarks_cache_invalidation_and_reporting(
     np.testing.assert_allclose(out2.landmarks, out.landmarks, atol=0.006)  # CSV keeps 2 decimals
     assert any("blank.png" in m for m in out2.issues)  # reported from the cache too
 
-    st = (root / "id_0" / "00.png").stat()  # a changed file changes the key: detect again
-    os.utime(root / "id_0" / "00.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    # a copy elsewhere (new paths, new modification times) is served from the cache
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, copy_function=shutil.copyfile)
+    moved = _Counting()
+    detect_landmarks(read_folder(copy, landmarks=None), progress=False, workers=1, detector=moved)
+    assert moved.seen == 0
+
+    image = cv2.imread(str(root / "id_0" / "00.png"))  # an edited image changes the key: detect again
+    image[0, 0] = 255 - image[0, 0]
+    cv2.imwrite(str(root / "id_0" / "00.png"), image)
     third = _Counting()
     detect_landmarks(index, progress=False, workers=2, detector=third)
     assert third.seen == 7

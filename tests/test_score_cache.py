@@ -158,6 +158,44 @@ def test_features_of_faces_cached_under_another_index_are_reused(tmp_path: Path)
     assert reuse_rows(second) == 0  # complete: nothing to do
 
 
+def test_a_copy_of_the_data_keeps_its_caches_and_changed_bytes_do_not(index: FaceIndex, tmp_path: Path) -> None:
+    """Caches are keyed by the files' content: a copy elsewhere with new modification times (a node's scratch disk, a
+    re-provisioned volume) finds every cached feature; a file whose bytes change gets a new key, though its size
+    and modification time stay the same."""
+    import os
+    import shutil
+
+    from aikd.training.cache import dataset_fingerprint, row_keys
+
+    teacher = _teacher(0)
+    root = tmp_path / "features"
+    feature_cache(teacher, index, CANVAS, root, batch_size=5, progress=False)
+    copy = tmp_path / "copy"
+    shutil.copytree(index.root, copy, copy_function=shutil.copyfile)  # new files: new modification times
+    first = Path(index.root) / index.paths[0]
+    os.utime(copy / index.paths[0], ns=(0, first.stat().st_mtime_ns + 5 * 10**9))
+    moved = FolderSource(str(copy)).load()
+    assert dataset_fingerprint(moved) == dataset_fingerprint(index)
+    assert np.array_equal(row_keys(moved), row_keys(index))
+    with count_backbone(teacher) as seen:
+        again = feature_cache(teacher, moved, CANVAS, root, batch_size=5, progress=False)
+    assert again.complete and seen["faces"] == 0
+    # One file's bytes change in place (same size, same modification time): its key and the data's key change.
+    target = copy / index.paths[1]
+    st = target.stat()
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    from aikd.io import _content_key
+
+    _content_key.cache_clear()  # a new process would not have seen the old bytes
+    changed = FolderSource(str(copy)).load()
+    assert dataset_fingerprint(changed) != dataset_fingerprint(index)
+    differ = np.flatnonzero((row_keys(changed) != row_keys(index)).any(1))
+    assert differ.tolist() == [1]
+
+
 def test_trainable_backbone_teacher_is_scored_from_images(index: FaceIndex, tmp_path: Path) -> None:
     teacher = _teacher(0, trainable_backbone="all")
     assert not head_only_scoring(teacher)

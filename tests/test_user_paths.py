@@ -394,22 +394,31 @@ def test_sface_experiments_at_test_size(
 
 
 @pytest.mark.data
-def test_degraded_small_student_at_test_size(user_env: dict[str, str], tmp_path: Path, cfp_root: Path) -> None:
-    """README: ``python train.py experiment=cfp_sface_small_degrade`` (8 training and 5 test identities, 2 epochs):
-    half of the training faces degraded in four versions, each scored once by the teacher and cached (not the
-    online teacher), the versions cycling over the epochs."""
+@pytest.mark.parametrize(
+    ("experiment", "identities", "epochs"),
+    [("cfp_sface_small_degrade", 8, 2), ("cfp_sface_aikd_degrade", 4, 1)],
+    ids=["small", "aikd"],
+)
+def test_degraded_students_at_test_size(
+    user_env: dict[str, str], tmp_path: Path, cfp_root: Path, experiment: str, identities: int, epochs: int
+) -> None:
+    """README: ``python train.py experiment=cfp_sface_small_degrade`` and ``experiment=cfp_sface_aikd_degrade`` (a few
+    training and 5 test identities, 1-2 epochs): half of the training faces degraded in four versions, each scored
+    once by the teacher and cached (not the online teacher), the versions cycling over the epochs."""
     env = {**user_env, "AIKD_DATA": str(cfp_root.parent)}
     logs = tmp_path / "logs"
-    run(["python", str(REPO / "train.py"), "experiment=cfp_sface_small_degrade", "data.train.identities=[1,8]",
-         "data.val.identities=[496,500]", "trainer.max_epochs=2", "teacher.fit.epochs=2",
+    run(["python", str(REPO / "train.py"), f"experiment={experiment}", f"data.train.identities=[1,{identities}]",
+         "data.val.identities=[496,500]", f"trainer.max_epochs={epochs}", "teacher.fit.epochs=2",
          "evaluation.conditions=[none]", "evaluation.bootstrap=0", f"paths.log_dir={logs}"], tmp_path, env)  # fmt: skip
-    out = run_dir(logs, "cfp_sface_small_degrade")
+    out = run_dir(logs, experiment)
     results = json.loads((out / "results.json").read_text())
     distill = results["distill"]
     assert distill["teacher_mode"] == "cache" and distill["degraded_scores"]["variants"] == 4
-    # p = 0.5 of 4 versions of 112 faces went through the teacher (and only those)
-    assert 0.35 * 4 * 112 < distill["degraded_scores"]["faces_scored"] < 0.65 * 4 * 112
+    # p = 0.5 of 4 versions of the training faces (14 per identity) went through the teacher (and only those)
+    n_faces = 14 * identities
+    assert 0.35 * 4 * n_faces < distill["degraded_scores"]["faces_scored"] < 0.65 * 4 * n_faces
     assert Path(distill["degraded_scores"]["cache"]).is_dir()
+    assert results["config"]["degrade"]["variants"] == 4 and results["config"]["degrade"]["seed"] == 0
     assert {k.split("/")[0] for k in results["evaluation"]["pauc_normalised"]} == {
         "teacher:crfiqa",
         "student",

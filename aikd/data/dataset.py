@@ -77,7 +77,8 @@ class AlignedFaces(Dataset):
     ``len(dataset)`` counts the usable rows; ``item["index"]`` is always the row in ``index`` (for caches).
     Items are dicts with ``image`` (``3 x S x S`` uint8), ``landmarks`` (``5 x 2`` float32, source pixels),
     ``canvas_from_source`` (``2 x 3`` float32), ``identity`` and ``index`` (int64), and with ``degrade`` the
-    ``epoch`` (int64) it was degraded for; a skipped item is ``None``.
+    ``epoch`` (int64) it was degraded for and, for a :class:`~aikd.data.degrade.Degradation`, ``degraded`` (bool:
+    whether the draw degraded it); a skipped item is ``None``.
     """
 
     def __init__(
@@ -129,8 +130,12 @@ class AlignedFaces(Dataset):
         out, m = self.canvas.cut(img, lm)
         if self.transform is not None:
             out = self.transform(image=out)["image"]
+        degraded = None
         if self.degrade is not None:
-            out = self.degrade(out, i, epoch)
+            if hasattr(self.degrade, "apply"):  # a Degradation: also says whether this face was degraded
+                out, degraded = self.degrade.apply(out, i, epoch)
+            else:
+                out = self.degrade(out, i, epoch)
         item = {
             "image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))),
             "landmarks": torch.from_numpy(np.asarray(lm, dtype=np.float32)),
@@ -140,6 +145,8 @@ class AlignedFaces(Dataset):
         }
         if self.degrade is not None:  # which degraded version this is: the key of degradation-keyed score caches
             item["epoch"] = torch.tensor(int(epoch), dtype=torch.int64)
+        if degraded is not None:
+            item["degraded"] = torch.tensor(degraded)
         return item
 
     def __getitem__(self, i: int | tuple[int, int]) -> dict[str, Any] | None:

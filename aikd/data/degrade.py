@@ -124,12 +124,16 @@ class Degradation:
         spec = {"pipeline": pipeline, "p": self.p, "seed": self.seed, "variants": self.variants}
         return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def __call__(self, image: np.ndarray, row: int, epoch: int = 0) -> np.ndarray:
+    def apply(self, image: np.ndarray, row: int, epoch: int = 0) -> tuple[np.ndarray, bool]:
+        """The canvas as degraded for face ``row`` in ``epoch``, and whether it was degraded (the draw of
+        :meth:`applies`, made once: the loader hands it on so the score cache need not draw it again). What the
+        data loader calls; ``__call__`` is the same without the flag. A subclass that changes what happens to the
+        faces overrides this."""
         if not self.active:
-            return image
+            return image, False
         degraded, pipeline = self._draws(row, epoch)
         if not degraded:
-            return image
+            return image, False
         seed_transforms(self.transform, pipeline)
         out = self.transform(image=image)["image"]
         if out.shape != image.shape or out.dtype != image.dtype:  # a geometric or float transform slipped in
@@ -137,7 +141,10 @@ class Degradation:
                 f"degrade: the pipeline changed the canvas from {image.shape} {image.dtype} to {out.shape} "
                 f"{out.dtype}; use photometric transforms that keep size and uint8 (geometry belongs to conf/misalign)"
             )
-        return np.ascontiguousarray(out)
+        return np.ascontiguousarray(out), True
+
+    def __call__(self, image: np.ndarray, row: int, epoch: int = 0) -> np.ndarray:
+        return self.apply(image, row, epoch)[0]
 
     def __repr__(self) -> str:
         return (

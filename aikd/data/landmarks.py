@@ -34,7 +34,7 @@ import numpy as np
 
 from aikd.data.index import DataError, FaceIndex, read_landmarks_csv, write_landmarks_csv
 from aikd.faces.detect import FaceDetector, detector_label, detector_name, make_detector, select_face
-from aikd.io import cache_dir
+from aikd.io import cache_dir, content_key
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +58,16 @@ _ATTRIBUTE = {"n_faces": "n_faces", "score": "det_score", "box_x": "box_x", "box
 # Dataset-level detection with a cache
 
 
-def _file_signature(path: Path) -> str:
-    try:
-        st = path.stat()
-    except OSError:
-        return "missing"
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
 def _cache_key(root: Path, paths: Sequence[str], settings: dict[str, Any]) -> str:
+    """Key of a detection run: settings, relative paths and each file's content (:func:`aikd.io.content_key`), so a
+    copy of the data elsewhere finds its landmarks and an edited image is detected again."""
     h = hashlib.sha256()
-    h.update(json.dumps({"version": CACHE_VERSION, "root": str(root.resolve()), **settings}, sort_keys=True).encode())
+    h.update(json.dumps({"version": CACHE_VERSION, **settings}, sort_keys=True).encode())
     for rel in paths:
-        h.update(f"\n{rel}\0{_file_signature(root / rel)}".encode())
+        key = content_key(root / rel)
+        if key == "missing":
+            key = f"missing:{(root / rel).resolve()}"
+        h.update(f"\n{rel}\0{key}".encode())
     return h.hexdigest()[:32]
 
 

@@ -7,7 +7,8 @@ None of this depends on the student, the misalignment or the sweep, so aikd comp
 directory keyed by
 
 * the model's fingerprint (weights + config),
-* the dataset's image list (root and relative paths, file sizes and modification times, landmarks),
+* the dataset's image list (relative paths, each file's size and content hash, landmarks: a copy of the data
+  elsewhere, with new modification times, finds its caches),
 * the canvas and the model's crop geometry,
 
 so every run and sweep job with the same model and data reuses them, and a changed model or dataset gets a
@@ -33,7 +34,7 @@ from torch import Tensor
 
 from aikd.data.index import FaceIndex
 from aikd.geometry.align import Canvas
-from aikd.io import atomic_path, write_json
+from aikd.io import atomic_path, content_key, write_json
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +62,18 @@ __all__ = [
 
 
 def dataset_fingerprint(index: FaceIndex, stat_files: bool = True) -> str:
-    """Hash of the image list: root, relative paths, landmarks, and file sizes/mtimes when ``stat_files``."""
+    """Hash of the image list: relative paths, landmarks, and each file's size and content hash when ``stat_files``.
+
+    Neither the root nor modification times enter, so the same data copied elsewhere keeps its caches (see
+    :func:`aikd.io.content_key`); without ``stat_files`` the root does, as nothing else tells two datasets apart.
+    """
     h = hashlib.sha256()
-    h.update(str(Path(index.root).resolve()).encode())
+    if not stat_files:
+        h.update(str(Path(index.root).resolve()).encode())
     for rel in index.paths:
         h.update(rel.encode())
         if stat_files:
-            try:
-                st = os.stat(index.root / rel)
-                h.update(f"{st.st_size}:{int(st.st_mtime)}".encode())
-            except OSError:
-                h.update(b"missing")
+            h.update(content_key(Path(index.root) / rel).encode())
     h.update(np.ascontiguousarray(np.nan_to_num(index.landmarks.astype(np.float32), nan=-1.0)).tobytes())
     return h.hexdigest()[:16]
 
@@ -390,19 +392,17 @@ def open_feature_cache(
 
 
 def row_keys(index: FaceIndex) -> np.ndarray:
-    """``(N, 16)`` uint8: one key per row from the image's resolved path, size and modification time and its
-    landmarks, so the same face reached through another index (another split of the data, extra training faces
-    joined to it, another spelling of the root) has the same key."""
+    """``(N, 16)`` uint8: one key per row from the image's content (:func:`aikd.io.content_key`) and its landmarks,
+    so the same face reached through another index (another split of the data, extra training faces joined to it,
+    another root, a copy with new modification times) has the same key. A missing file is keyed by its path."""
     lm = np.ascontiguousarray(np.nan_to_num(index.landmarks.astype(np.float32), nan=-1.0))
     keys = np.zeros((len(index), 16), dtype=np.uint8)
     for i, rel in enumerate(index.paths):
-        path = (Path(index.root) / rel).resolve()
-        try:
-            st = os.stat(path)
-            tag = f"{st.st_size}:{int(st.st_mtime)}"
-        except OSError:
-            tag = "missing"
-        h = hashlib.blake2b(f"{path}\0{tag}\0".encode(), digest_size=16)
+        path = Path(index.root) / rel
+        tag = content_key(path)
+        if tag == "missing":
+            tag = f"missing:{path.resolve()}"
+        h = hashlib.blake2b(f"{tag}\0".encode(), digest_size=16)
         h.update(lm[i].tobytes())
         keys[i] = np.frombuffer(h.digest(), dtype=np.uint8)
     return keys
@@ -640,9 +640,12 @@ class DegradedTeacherScores:
     def embedding_dim(self) -> int | None:
         return self.clean.embedding_dim
 
-    def lookup(self, rows: Tensor, epochs: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def lookup(
+        self, rows: Tensor, epochs: Tensor | None = None, degraded: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """Teacher quality ``(B,)`` and embedding ``(B, D)`` (or ``None``) of faces ``rows`` as degraded in
-        ``epochs`` (the batch's ``epoch``, which degrading training loaders add)."""
+        ``epochs`` (the batch's ``epoch``, which degrading training loaders add). ``degraded``: which faces the
+        draw degraded (the batch's ``degraded``, drawn by the loader); drawn again here when not given."""
         if epochs is None:
             raise ValueError(
                 "degraded teacher scores need the epoch of each face (batch['epoch'], added by a degrading loader)"
@@ -651,7 +654,10 @@ class DegradedTeacherScores:
         r = rows.detach().cpu().numpy().astype(np.int64)
         e = epochs.detach().cpu().numpy().astype(np.int64)
         deg = self.degradation
-        mask = np.fromiter((deg.applies(int(a), int(b)) for a, b in zip(r, e)), dtype=bool, count=len(r))
+        if degraded is not None:
+            mask = degraded.detach().cpu().numpy().astype(bool)
+        else:
+            mask = np.fromiter((deg.applies(int(a), int(b)) for a, b in zip(r, e)), dtype=bool, count=len(r))
         if not mask.any():
             return quality, embedding
         slots = r[mask] * int(deg.variants) + np.asarray([deg.variant(int(b)) for b in e[mask]], dtype=np.int64)

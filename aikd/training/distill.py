@@ -163,7 +163,7 @@ class DistillModule(pl.LightningModule):
                         "degrade.variants (scores of the degraded versions are cached) or "
                         "stage.distill.teacher_mode=online"
                     )
-                return cache.lookup(batch["index"], batch["epoch"])
+                return cache.lookup(batch["index"], batch["epoch"], batch.get("degraded"))
             return cache.lookup(batch["index"])
         teacher = self.teacher
         if teacher is None:
