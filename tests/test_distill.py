@@ -51,7 +51,7 @@ def datamodule(tmp_path: Path) -> FaceDataModule:
     return dm
 
 
-def _module(teacher, dm, cache_dir: Path | None, seed: int = 0) -> DistillModule:
+def _module(teacher, dm, cache_dir: Path | None, seed: int = 0, **kwargs) -> DistillModule:
     pl.seed_everything(seed)
     student = _student(teacher.embedding_dim)
     module = DistillModule(
@@ -59,6 +59,7 @@ def _module(teacher, dm, cache_dir: Path | None, seed: int = 0) -> DistillModule
         misalign=LandmarkJitter(3.0),
         optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),
         student_config=student.config,
+        **kwargs,
     )
     caches = None
     if cache_dir is not None:
@@ -146,6 +147,20 @@ def test_online_mode_trains(datamodule: FaceDataModule, tmp_path: Path) -> None:
     trainer = _trainer(tmp_path, 2)
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_ranking_term_joins_the_training_loss(datamodule: FaceDataModule, tmp_path: Path) -> None:
+    """``model.rank_weight``: the logged training loss is the quality, embedding and ranking terms together, and the
+    weight travels in the checkpoint's hyperparameters."""
+    module = _module(_teacher(), datamodule, tmp_path / "cache", rank_weight=2.0)
+    trainer = _trainer(tmp_path, 1, log_every_n_steps=1)
+    trainer.fit(module, datamodule=datamodule)
+    m = trainer.logged_metrics
+    rank = m["train/rank_loss"]
+    assert 0.3 < rank < 3  # softplus of pair margins in units of sd: about 1 for an order unrelated to the teacher's
+    expected = m["train/quality_loss"] + module.embedding_weight * m["train/embedding_loss"] + 2.0 * rank
+    torch.testing.assert_close(m["train/loss"], expected, atol=1e-5, rtol=1e-5)
+    assert module.hparams["rank_weight"] == 2.0
 
 
 def test_resume_continues_an_interrupted_run(datamodule: FaceDataModule, tmp_path: Path) -> None:

@@ -20,9 +20,12 @@ def pairwise_rank_loss(q_student: Tensor, q_teacher: Tensor, eps: float = 1e-6) 
 
     Quality is used to *rank* faces (the EDC discards the lowest first), and a small student that cannot match the
     teacher's scale everywhere may still get the order right. Per pair ``(i, j)`` with teacher scores
-    ``t_i != t_j``: ``softplus(-sign(t_i - t_j) * (s_i - s_j) / sd(t))``, weighted by ``|t_i - t_j|`` so pairs the
-    teacher barely separates (where its own noise decides the order) count little. Dividing by the batch's
-    teacher standard deviation makes the loss independent of the teacher's units (CR-FIQA's ratio, a norm, ...).
+    ``t_i != t_j``: ``softplus(-sign(t_i - t_j) * (s_i - s_j) / sd(s))``, weighted by ``|t_i - t_j|`` so pairs the
+    teacher barely separates (where its own noise decides the order) count little. Student differences are taken
+    in units of the batch's student standard deviation and the weights are normalised, so the term is unchanged by
+    any positive rescaling of either side: it says nothing about scale (the regression term does that), and its
+    gradients stay bounded however close together the teacher's scores lie (a teacher's units are arbitrary:
+    CR-FIQA's ratio, a norm, ...).
 
     Args:
         q_student: ``(B,)`` or ``(B, 1)`` student quality.
@@ -37,13 +40,12 @@ def pairwise_rank_loss(q_student: Tensor, q_teacher: Tensor, eps: float = 1e-6) 
     t = _flat_pred(q_teacher, n, "q_teacher").detach().float()
     if n < 2:
         return s.sum() * 0.0
-    scale = t.std().clamp_min(eps)
     dt = t[:, None] - t[None, :]
-    ds = (s[:, None] - s[None, :]) / scale
+    ds = (s[:, None] - s[None, :]) / s.std().clamp_min(eps)
     upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=s.device), diagonal=1)
     weight = dt.abs() * upper
     total = weight.sum()
-    if total <= eps:
+    if total <= eps * t.abs().max().clamp_min(1.0):
         return s.sum() * 0.0
     return (F.softplus(-torch.sign(dt) * ds) * weight).sum() / total
 
