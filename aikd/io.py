@@ -176,7 +176,8 @@ def _content_key(path: str, size: int, mtime_ns: int) -> str:
 
 
 def content_key(path: str | Path) -> str:
-    """``"<size>:<blake2b-128 of the bytes>"`` of a data file, or ``"missing"`` when it cannot be read.
+    """``"<size>:<blake2b-128 of the bytes>"`` of a data file, or ``"missing:<resolved path>"`` when it cannot be
+    read (two missing files are not the same face).
 
     What keys the per-image caches (features, teacher scores, trained teachers) to a dataset's *content*: a copy of
     the data (to a node's scratch disk, a re-provisioned volume, another root) has new modification times and a new
@@ -188,4 +189,4 @@ def content_key(path: str | Path) -> str:
         st = os.stat(path)
         return _content_key(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
     except OSError:
-        return "missing"
+        return f"missing:{Path(path).resolve()}"

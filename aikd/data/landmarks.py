@@ -64,10 +64,7 @@ def _cache_key(root: Path, paths: Sequence[str], settings: dict[str, Any]) -> st
     h = hashlib.sha256()
     h.update(json.dumps({"version": CACHE_VERSION, **settings}, sort_keys=True).encode())
     for rel in paths:
-        key = content_key(root / rel)
-        if key == "missing":
-            key = f"missing:{(root / rel).resolve()}"
-        h.update(f"\n{rel}\0{key}".encode())
+        h.update(f"\n{rel}\0{content_key(root / rel)}".encode())
     return h.hexdigest()[:32]
 
 

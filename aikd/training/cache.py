@@ -394,15 +394,12 @@ def open_feature_cache(
 def row_keys(index: FaceIndex) -> np.ndarray:
     """``(N, 16)`` uint8: one key per row from the image's content (:func:`aikd.io.content_key`) and its landmarks,
     so the same face reached through another index (another split of the data, extra training faces joined to it,
-    another root, a copy with new modification times) has the same key. A missing file is keyed by its path."""
+    another root, a copy with new modification times) has the same key."""
     lm = np.ascontiguousarray(np.nan_to_num(index.landmarks.astype(np.float32), nan=-1.0))
     keys = np.zeros((len(index), 16), dtype=np.uint8)
     for i, rel in enumerate(index.paths):
         path = Path(index.root) / rel
-        tag = content_key(path)
-        if tag == "missing":
-            tag = f"missing:{path.resolve()}"
-        h = hashlib.blake2b(f"{tag}\0".encode(), digest_size=16)
+        h = hashlib.blake2b(f"{content_key(path)}\0".encode(), digest_size=16)
         h.update(lm[i].tobytes())
         keys[i] = np.frombuffer(h.digest(), dtype=np.uint8)
     return keys
