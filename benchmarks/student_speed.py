@@ -3,6 +3,7 @@ latency, and the student's training throughput with cached teacher scores agains
 
     python benchmarks/student_speed.py                      # random weights: speed does not depend on them
     python benchmarks/student_speed.py --run logs/<experiment>/runs/<time>   # a finished run's student + teacher
+    python benchmarks/student_speed.py --students fastfacenet --student-override backbone_kwargs.input_size=112
 
 Everything runs in one process with the same thread count (``--threads``, default 2) for PyTorch and onnxruntime:
 
@@ -37,13 +38,14 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import Tensor, nn
 
 from aikd.config import load_option
@@ -109,14 +111,30 @@ def build_teacher(option: str, weights: str) -> Any:
     return REGISTRY.get(cfg.name)(**build).freeze()
 
 
-def build_student(option: str, teacher: Any) -> Any:
-    """A student as a run builds it from ``conf/student/<option>.yaml`` for ``teacher``."""
+def build_student(option: str, teacher: Any, overrides: Sequence[str] = ()) -> Any:
+    """A student as a run builds it from ``conf/student/<option>.yaml`` for ``teacher``.
+
+    Args:
+        option: ``conf/student`` option.
+        teacher: the teacher it is built for (its embedding size sizes the student's projection).
+        overrides: ``key=value`` applied to the option as ``student.<key>=<value>`` would be in a run, e.g.
+            ``backbone_kwargs.input_size=112``, so a variant a recipe run used can be timed without a new option.
+    """
     from omegaconf import OmegaConf
 
     from aikd.app.pipeline import build_student_from_config
 
+    cfg = load_option("student", option)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or OmegaConf.select(cfg, key) is None:
+            raise SystemExit(
+                f"--student-override {item!r}: expected KEY=VALUE with KEY a key of conf/student/{option}.yaml "
+                "(e.g. backbone_kwargs.input_size=112)"
+            )
+        OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
     torch.manual_seed(0)
-    return build_student_from_config(OmegaConf.create({"student": load_option("student", option)}), teacher)
+    return build_student_from_config(OmegaConf.create({"student": cfg}), teacher)
 
 
 def export_teacher(teacher: Any, path: Path) -> float:
@@ -162,14 +180,22 @@ def build_entries(args: argparse.Namespace, work: Path) -> tuple[list[Entry], di
     entries: list[Entry] = []
     students: dict[str, Any] = {}
     for i, option in enumerate(args.students):
-        student = run_student if (i == 0 and run_student is not None) else build_student(option, sface_teacher)
+        student = (
+            run_student
+            if (i == 0 and run_student is not None)
+            else build_student(option, sface_teacher, args.student_override)
+        )
         student.eval()
         students[option] = student
         label = f"{SMALL} ({option})" if i == 0 else f"student ({option})"
         info = export_student(student, work / option, formats=("onnx",), dynamo=False)
         path = Path(info["files"]["onnx"])
         with torch.no_grad():
-            wide = n_params(build_student(option, teachers["crfiqa"])) if run_student is None or i else None
+            wide = (
+                n_params(build_student(option, teachers["crfiqa"], args.student_override))
+                if run_student is None or i
+                else None
+            )
         entries.append(
             Entry(
                 label,
@@ -429,6 +455,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--students", nargs="+", default=["fastfacenet", "mobilefacenet"], help="conf/student options")
     ap.add_argument("--run", type=Path, help="a finished run: its exported student and its teacher")
+    ap.add_argument(
+        "--student-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="applied to every --students option, e.g. backbone_kwargs.input_size=112 (repeatable)",
+    )
     ap.add_argument("--weights", choices=("random", "default"), default="random", help="teacher backbone weights")
     ap.add_argument("--threads", type=int, default=2, help="PyTorch and onnxruntime intra-op threads")
     ap.add_argument("--batch", type=int, default=64)

@@ -213,3 +213,24 @@ def test_readme_benchmark_command_runs_from_a_fresh_directory(tmp_path: Path) ->
     assert small["params"] <= 3_000_000 and small["onnx_bytes"] <= 15 * 1024 * 1024
     assert all(m["onnx_img_s"] > 0 and m["onnx_max_abs_diff"] <= 1e-3 for m in doc["models"])
     assert doc["ratios"]["small_vs_facenet_teacher"] > 1 and doc["training"]["ratio"] > 0
+
+
+def test_speed_benchmark_times_a_student_variant_through_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--student-override backbone_kwargs.input_size=112`` builds the variant a recipe run used (its crops, its
+    parameters); a key the option does not have is refused with the key and an example, not silently added."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("student_speed", REPO / "benchmarks" / "student_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look their module up while defined
+    spec.loader.exec_module(bench)
+    teacher = SimpleNamespace(name="stub", embedding_dim=128, config={})  # what building a student reads of it
+    base = bench.build_student("fastfacenet", teacher)
+    wide = bench.build_student("fastfacenet", teacher, ["backbone_kwargs.input_size=112"])
+    assert tuple(base.input_spec.size) == (64, 64) and tuple(wide.input_spec.size) == (112, 112)
+    with torch.no_grad():
+        assert wide(torch.rand(2, 3, 112, 112))[0].shape[0] == 2
+    with pytest.raises(SystemExit, match="backbone_kwargs.input_sise=112"):
+        bench.build_student("fastfacenet", teacher, ["backbone_kwargs.input_sise=112"])
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        bench.build_student("fastfacenet", teacher, ["backbone_kwargs.input_size"])
