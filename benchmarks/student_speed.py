@@ -54,6 +54,8 @@ from aikd.io import write_json
 #: The teachers compared with, as ``(label, conf/teacher option)``.
 TEACHERS = (("SFace CR-FIQA teacher", "crfiqa_sface"), ("FaceNet CR-FIQA teacher", "crfiqa"))
 SMALL = "small student"
+#: ``OmegaConf.select``'s answer for a key the student option does not have.
+_ABSENT = object()
 
 
 @dataclass
@@ -127,7 +129,7 @@ def build_student(option: str, teacher: Any, overrides: Sequence[str] = ()) -> A
     cfg = load_option("student", option)
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or OmegaConf.select(cfg, key) is None:
+        if not sep or OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:  # a null value is a key too
             raise SystemExit(
                 f"--student-override {item!r}: expected KEY=VALUE with KEY a key of conf/student/{option}.yaml "
                 "(e.g. backbone_kwargs.input_size=112)"

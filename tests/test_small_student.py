@@ -228,6 +228,8 @@ def test_speed_benchmark_times_a_student_variant_through_overrides(monkeypatch: 
     base = bench.build_student("fastfacenet", teacher)
     wide = bench.build_student("fastfacenet", teacher, ["backbone_kwargs.input_size=112"])
     assert tuple(base.input_spec.size) == (64, 64) and tuple(wide.input_spec.size) == (112, 112)
+    projected = bench.build_student("fastfacenet", teacher, ["embedding_dim=512"])  # a key whose value is null
+    assert projected.embedding_dim == 512 and base.embedding_dim == 128
     with torch.no_grad():
         assert wide(torch.rand(2, 3, 112, 112))[0].shape[0] == 2
     with pytest.raises(SystemExit, match="backbone_kwargs.input_sise=112"):
