@@ -45,7 +45,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor, nn
 
 from aikd.config import load_option
@@ -54,8 +53,6 @@ from aikd.io import write_json
 #: The teachers compared with, as ``(label, conf/teacher option)``.
 TEACHERS = (("SFace CR-FIQA teacher", "crfiqa_sface"), ("FaceNet CR-FIQA teacher", "crfiqa"))
 SMALL = "small student"
-#: ``OmegaConf.select``'s answer for a key the student option does not have.
-_ABSENT = object()
 
 
 @dataclass
@@ -123,18 +120,23 @@ def build_student(option: str, teacher: Any, overrides: Sequence[str] = ()) -> A
             ``backbone_kwargs.input_size=112``, so a variant a recipe run used can be timed without a new option.
     """
     from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError
 
     from aikd.app.pipeline import build_student_from_config
 
     cfg = load_option("student", option)
+    OmegaConf.set_struct(cfg, True)  # an override may change a key of the option, not add one
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:  # a null value is a key too
+        try:
+            if "=" not in item:
+                raise ConfigKeyError(item)
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except ConfigKeyError:
             raise SystemExit(
                 f"--student-override {item!r}: expected KEY=VALUE with KEY a key of conf/student/{option}.yaml "
                 "(e.g. backbone_kwargs.input_size=112)"
-            )
-        OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
+            ) from None
+    OmegaConf.set_struct(cfg, False)  # building the student is free to fill its own keys
     torch.manual_seed(0)
     return build_student_from_config(OmegaConf.create({"student": cfg}), teacher)
 
