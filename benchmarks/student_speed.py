@@ -208,7 +208,13 @@ def build_entries(args: argparse.Namespace, work: Path) -> tuple[list[Entry], di
                 n_params(student),
                 student,
                 path,
-                info={"option": option, "onnx_max_abs_diff": info["onnx_max_abs_diff"], "params_512d_teacher": wide},
+                info={
+                    "option": option,
+                    # what built it, so a figure in the JSON can be traced to the recipe run it times
+                    "overrides": [] if (i == 0 and run_student is not None) else list(args.student_override),
+                    "onnx_max_abs_diff": info["onnx_max_abs_diff"],
+                    "params_512d_teacher": wide,
+                },
             )
         )
     for label, option in TEACHERS:

@@ -201,7 +201,8 @@ def test_readme_benchmark_command_runs_from_a_fresh_directory(tmp_path: Path) ->
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     proc = subprocess.run(
         [sys.executable, str(REPO / command.split()[1]), "--repeats", "1", "--latency-runs", "2", "--train-steps", "1",
-         "--train-rounds", "1", "--students", "fastfacenet", "--no-reference", "--out", str(out)],
+         "--train-rounds", "1", "--students", "fastfacenet", "--no-reference", "--out", str(out),
+         "--student-override", "backbone_kwargs.input_size=80"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -210,6 +211,7 @@ def test_readme_benchmark_command_runs_from_a_fresh_directory(tmp_path: Path) ->
     labels = [m["label"] for m in doc["models"]]
     assert labels == ["small student (fastfacenet)", "SFace CR-FIQA teacher", "FaceNet CR-FIQA teacher"]
     small = doc["models"][0]
+    assert small["input"] == [80, 80] and small["overrides"] == ["backbone_kwargs.input_size=80"]
     assert small["params"] <= 3_000_000 and small["onnx_bytes"] <= 15 * 1024 * 1024
     assert all(m["onnx_img_s"] > 0 and m["onnx_max_abs_diff"] <= 1e-3 for m in doc["models"])
     assert doc["ratios"]["small_vs_facenet_teacher"] > 1 and doc["training"]["ratio"] > 0
