@@ -184,11 +184,8 @@ def build_entries(args: argparse.Namespace, work: Path) -> tuple[list[Entry], di
     entries: list[Entry] = []
     students: dict[str, Any] = {}
     for i, option in enumerate(args.students):
-        student = (
-            run_student
-            if (i == 0 and run_student is not None)
-            else build_student(option, sface_teacher, args.student_override)
-        )
+        from_run = i == 0 and run_student is not None  # the run's exported student, not one built here
+        student = run_student if from_run else build_student(option, sface_teacher, args.student_override)
         student.eval()
         students[option] = student
         label = f"{SMALL} ({option})" if i == 0 else f"student ({option})"
@@ -197,7 +194,7 @@ def build_entries(args: argparse.Namespace, work: Path) -> tuple[list[Entry], di
         with torch.no_grad():
             wide = (
                 n_params(build_student(option, teachers["crfiqa"], args.student_override))
-                if run_student is None or i
+                if not from_run
                 else None
             )
         entries.append(
@@ -211,7 +208,7 @@ def build_entries(args: argparse.Namespace, work: Path) -> tuple[list[Entry], di
                 info={
                     "option": option,
                     # what built it, so a figure in the JSON can be traced to the recipe run it times
-                    "overrides": [] if (i == 0 and run_student is not None) else list(args.student_override),
+                    "overrides": [] if from_run else list(args.student_override),
                     "onnx_max_abs_diff": info["onnx_max_abs_diff"],
                     "params_512d_teacher": wide,
                 },
