@@ -192,11 +192,7 @@ def build_entries(args: argparse.Namespace, work: Path) -> tuple[list[Entry], di
         info = export_student(student, work / option, formats=("onnx",), dynamo=False)
         path = Path(info["files"]["onnx"])
         with torch.no_grad():
-            wide = (
-                n_params(build_student(option, teachers["crfiqa"], args.student_override))
-                if not from_run
-                else None
-            )
+            wide = n_params(build_student(option, teachers["crfiqa"], args.student_override)) if not from_run else None
         entries.append(
             Entry(
                 label,
