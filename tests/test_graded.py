@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,9 @@ from aikd.data.graded import (
 )
 from aikd.data.index import DataError
 from aikd.data.synthetic import CLEAN, SyntheticFaces
-from aikd.evaluation.fidelity import fidelity_figures, level_spearman, percentile_ranks
+from aikd.evaluation.bootstrap import format_interval
+from aikd.evaluation.compare import summarise_runs
+from aikd.evaluation.fidelity import fidelity_figures, level_spearman, percentile_ranks, write_fidelity_report
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -325,6 +328,60 @@ def test_fidelity_figures_on_synthetic_scores() -> None:
         fidelity_figures(quality, levels, "nobody")
 
 
+def _fidelity_report(out: Path, seed: int, student: dict[str, float], interval: tuple[float, float]) -> Path:
+    """A run's fidelity report written by the real writer, from synthetic scores and the given pAUCs (teacher 0.70
+    on both copies) and student - teacher intervals (one per copy, in the evaluation runner's bootstrap format)."""
+    quality, levels = {}, {}
+    for i, kind in enumerate(KINDS):
+        levels[kind], q = _synthetic_scores(seed + i)
+        quality[kind] = {"teacher:crfiqa": q["teacher"], "student": q["student"]}
+    figures = fidelity_figures(quality, levels, "teacher:crfiqa", {k: GradedSpec().strengths(k) for k in KINDS})
+    op = "start_err=0.10"
+    pauc = {k: {"teacher:crfiqa": {op: {"0.2": 0.70}}, "student": {op: {"0.2": student[k]}}} for k in KINDS}
+    boot = {
+        k: {"n_boot": 200, "level": 0.95, "comparisons": {"aligned": {"student - teacher:crfiqa": {
+            "a": "student", "b": "teacher:crfiqa", "operating_points": {op: {"0.2": {
+                "difference": student[k] - 0.70, "low": interval[0], "high": interval[1], "p_a_better": 0.1,
+                "n_boot": 200, "n_defined": 200}}}}}}}
+        for k in KINDS
+    }  # fmt: skip
+    write_fidelity_report(out, figures, pauc, {"run": str(out.parent)}, bootstrap=boot)
+    return out / "fidelity.json"
+
+
+def test_fidelity_report_intervals_and_compare_runs_over_seeds(tmp_path: Path, capsys) -> None:
+    """The report tabulates student - teacher with its interval per copy (bold when it excludes 0), and
+    ``aikd compare-runs --fidelity`` gives mean +- sd over runs with each run's interval, as for the evaluation."""
+    from aikd.app.cli import main
+
+    runs = [tmp_path / "r1", tmp_path / "r2"]
+    _fidelity_report(runs[0] / "fidelity", 0, {"blur": 0.74, "downscale": 0.78}, (0.01, 0.07))
+    _fidelity_report(runs[1] / "fidelity", 5, {"blur": 0.70, "downscale": 0.74}, (-0.03, 0.03))
+    report = (runs[0] / "fidelity" / "report.md").read_text()
+    assert "| A - B | blur | downscale |" in report
+    assert "| student - teacher:crfiqa | **+0.040 [+0.010, +0.070]** | **+0.080 [+0.010, +0.070]** |" in report
+    assert "| student - teacher:crfiqa | +0.000 [-0.030, +0.030] |" in (runs[1] / "fidelity" / "report.md").read_text()
+
+    summary = summarise_runs(runs, fidelity=True)
+    assert summary["conditions"] == list(KINDS) and summary["fidelity"] is True
+    diff = summary["differences"]["start_err=0.10"]["student - teacher:crfiqa"]
+    assert diff["blur"]["values"] == pytest.approx([0.04, 0.0]) and diff["downscale"]["mean"] == pytest.approx(0.06)
+    assert diff["blur"]["intervals"][1]["low"] == -0.03
+    # the files themselves are read as fidelity reports without the flag; the evaluation of a run is not them
+    by_file = summarise_runs([r / "fidelity" / "fidelity.json" for r in runs])
+    assert by_file["pauc"] == summary["pauc"]
+    assert main(["compare-runs", "--fidelity", *map(str, runs)]) == 0
+    text = capsys.readouterr().out
+    assert "Degradation fidelity reports (`aikd fidelity`)" in text
+    assert "| blur | +0.020 ± 0.028 | +0.040 [+0.010, +0.070] | +0.000 [-0.030, +0.030] |" in text
+    (tmp_path / "r3").mkdir()
+    assert main(["compare-runs", "--fidelity", str(runs[0]), str(tmp_path / "r3")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "r3" / "fidelity" / "fidelity.json") in err and "aikd fidelity" in err
+    assert main(["compare-runs", "--fidelity", "--comparator", "facenet", str(runs[0])]) == 2
+    assert "leave out --comparator" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the commands, as a user runs them (README "Degradation fidelity")
 
@@ -377,11 +434,13 @@ def _readme_commands() -> list[str]:
 def test_readme_commands_make_the_set_and_evaluate_a_run(
     small_run: Path, user_env: dict[str, str], tmp_path: Path
 ) -> None:
-    make, fidelity = _readme_commands()
+    make, fidelity, compare = _readme_commands()
     assert make == "aikd make-graded --out $AIKD_DATA/cfp_graded"
     assert fidelity == "aikd fidelity logs/cfp_crfiqa_facenet/runs/<time> --graded $AIKD_DATA/cfp_graded"
+    runs = "logs/cfp_crfiqa_facenet/runs/<time1> logs/cfp_crfiqa_facenet/runs/<time2>"
+    assert compare == f"aikd compare-runs --fidelity {runs}"
     listing = (REPO / "README.md").read_text().split("## Command line", 1)[1].split("\n## ", 1)[0]
-    assert f"\n{make}\n{fidelity}\n" in listing  # the "Command line" list shows the same two commands
+    assert f"\n{make}\n{fidelity}\n{compare}\n" in listing  # the "Command line" list shows the same commands
     cwd = tmp_path / "fresh"
     cwd.mkdir()
     graded = Path(user_env["AIKD_DATA"]) / "cfp_graded"
@@ -405,13 +464,28 @@ def test_readme_commands_make_the_set_and_evaluate_a_run(
         assert -1 <= doc["spearman"]["student"][kind] <= 1
         pauc = doc["pauc_normalised"][kind]["student"]["start_err=0.10"]["0.2"]
         assert 0 < pauc < 2
+        # the run's evaluation.bootstrap (1000) gives the paired interval of student - teacher on each copy
+        boot = doc["bootstrap"][kind]
+        assert boot["n_boot"] == 1000
+        diff = boot["comparisons"]["aligned"]["student - teacher:crfiqa"]["operating_points"]["start_err=0.10"]["0.2"]
+        teacher_pauc = doc["pauc_normalised"][kind]["teacher:crfiqa"]["start_err=0.10"]["0.2"]
+        assert diff["difference"] == pytest.approx(pauc - teacher_pauc, abs=1e-9)
+        assert diff["low"] <= diff["high"] and 0 < diff["n_defined"] <= 1000
         assert (out / kind / "report.md").is_file()  # the evaluation runner's own report of each copy
     with open(out / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 46 and set(rows[0]) == {"kind", "path", "level", "teacher:crfiqa", "student"}
     report = (out / "report.md").read_text()
     assert "## blur: mean percentile rank per level" in report and "| student |" in report
+    assert "paired-bootstrap interval over 1000 resamples" in report and "| student - teacher:crfiqa |" in report
+    assert "pAUC minus teacher:crfiqa's, with the 95% paired-bootstrap interval" in proc.stdout
     assert (out / "fidelity.png").stat().st_size > 10_000
+    # the same run twice, as two seeds would be: sd 0, each run's interval beside the mean
+    proc = _shell(compare.replace(runs, f"{small_run} {small_run}"), cwd, user_env)
+    boot = doc["bootstrap"]["blur"]["comparisons"]["aligned"]["student - teacher:crfiqa"]
+    interval = format_interval(boot["operating_points"]["start_err=0.10"]["0.2"])
+    assert "Degradation fidelity reports (`aikd fidelity`)" in proc.stdout
+    assert re.search(rf"\| blur \| [+-]\d\.\d{{3}} ± 0\.000 \| \**{re.escape(interval)}\** \|", proc.stdout)
 
 
 def test_fidelity_errors_name_the_path_and_the_fix(small_run: Path, graded: Path, tmp_path: Path, capsys) -> None:
@@ -430,6 +504,8 @@ def test_fidelity_errors_name_the_path_and_the_fix(small_run: Path, graded: Path
     assert main(["fidelity", str(unfinished), "--graded", str(graded)]) == 2
     err = capsys.readouterr().err
     assert "no student" in err and f"hydra.run.dir={unfinished}" in err
+    assert main(["fidelity", str(small_run), "--graded", str(graded), "--bootstrap", "-1"]) == 2
+    assert "--bootstrap must be 0 (off) or a number of resamples, got -1" in capsys.readouterr().err
     assert main(["make-graded", "--out", str(graded), "--seed", "9", "--source", str(tmp_path)]) == 2
     assert "--overwrite" in capsys.readouterr().err
 

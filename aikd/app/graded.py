@@ -207,6 +207,7 @@ def run_fidelity(
     reference: str | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    bootstrap: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a finished run's methods on both copies of a graded set; write the fidelity report.
 
@@ -220,6 +221,9 @@ def run_fidelity(
         reference: the method the others are compared with (default the run's teacher).
         batch_size: scoring batch size (default the run's ``evaluation.batch_size``).
         progress: progress bars.
+        bootstrap: resamples of the paired bootstrap of every method's pAUC minus the reference's on each copy
+            (default the run's ``evaluation.bootstrap``; 0 = off). One copy's pAUC difference of a few hundredths
+            may be luck of the pairs; the interval says whether it is (:mod:`aikd.evaluation.bootstrap`).
 
     Returns:
         The content of ``fidelity.json`` plus ``"paths"``.
@@ -258,8 +262,10 @@ def run_fidelity(
     cfg.paths.output_dir = str(out)
     if methods:
         cfg.evaluation.methods = list(methods)
-    cfg.evaluation.bootstrap = 0
     ecfg = cfg.evaluation
+    n_boot = int(ecfg.get("bootstrap", 0) if bootstrap is None else bootstrap)
+    if n_boot < 0:
+        raise FidelityError(f"--bootstrap must be 0 (off) or a number of resamples, got {n_boot}")
     strengths = {k: doc["kinds"][k]["strengths"] for k in KINDS}
     with use_cache_root(_cache_root(cfg)):
         ctx = RunContext(cfg, out)
@@ -273,8 +279,10 @@ def run_fidelity(
         levels: dict[str, np.ndarray] = {}
         paths_by_kind: dict[str, list[str]] = {}
         pauc: dict[str, Any] = {}
+        boot: dict[str, Any] = {}
         fr: dict[str, Any] = {}
         described: dict[str, str] = {}
+        ref = None
         for kind in KINDS:
             dm = _graded_datamodule(cfg, graded / kind / "cfp")
             ctx.components["datamodule"] = dm
@@ -283,12 +291,17 @@ def run_fidelity(
                 comparator = build_comparator(ctx)
             scored = build_methods(ctx, index, comparator)
             described = {m: describe_method(m, ctx) for m in scored}
+            ref = reference or next((m for m in scored if m.startswith("teacher:")), None)
+            if ref is None or ref not in scored:
+                raise FidelityError(f"reference method {reference or 'teacher'} not among the scored methods "
+                                    f"{list(scored)}; pass --reference <method>")  # fmt: skip
             log.info("fidelity: %s copy, %d faces, methods %s", kind, len(index), ", ".join(scored))
             res = evaluate(
                 index, build_pairs(ctx, index), scored, comparator, {"aligned": NoMisalign()}, canvas=dm.canvas,
                 operating_points=list(ecfg.operating_points), limits=list(ecfg.limits), seed=int(ecfg.seed),
                 batch_size=int(batch_size or ecfg.batch_size), num_workers=int(ecfg.get("num_workers", 0)),
                 device=_device(cfg), strict=bool(ecfg.strict), out_dir=out / kind, progress=progress,
+                bootstrap=n_boot, comparisons=[(m, ref) for m in scored if m != ref],
                 meta={"data": str(index.root), "graded_kind": kind, "comparator": ecfg.comparator.name,
                       "methods": described},
             )  # fmt: skip
@@ -303,12 +316,10 @@ def run_fidelity(
             quality[kind] = {m: q for m, q in res.table.quality["aligned"].items()}
             paths_by_kind[kind] = rel
             pauc[kind] = pauc_figures(res.results)
+            if res.bootstrap is not None:
+                boot[kind] = res.bootstrap
             fr[kind] = {k: res.fr[k] for k in ("eer", "fnmr_at_fmr") if k in res.fr}
     names = list(next(iter(quality.values())))
-    ref = reference or next((m for m in names if m.startswith("teacher:")), None)
-    if ref is None or ref not in names:
-        raise FidelityError(f"reference method {reference or 'teacher'} not among the scored methods {names}; pass "
-                            "--reference <method>")  # fmt: skip
     figures = fidelity_figures(quality, levels, ref, strengths)
     meta = {
         "run": str(run_dir),
@@ -319,7 +330,7 @@ def run_fidelity(
         "comparator EER": ", ".join(f"{k} {fr[k]['eer']:.3f}" for k in KINDS if "eer" in fr[k]),
         "methods": "; ".join(f"{m}: {d}" for m, d in described.items()),
     }
-    paths = write_fidelity_report(out, figures, pauc, meta)
+    paths = write_fidelity_report(out, figures, pauc, meta, bootstrap=boot or None)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["kind", "path", "level", *names])
@@ -335,7 +346,8 @@ def main_fidelity(argv: Sequence[str] | None = None) -> int:
 
     Exit code 0 on success, 2 when the run or the graded set is missing or incomplete.
     """
-    from aikd.evaluation.fidelity import HEADLINE
+    from aikd.evaluation.bootstrap import comparison_label, format_interval
+    from aikd.evaluation.fidelity import HEADLINE, bootstrap_by_kind
 
     parser = argparse.ArgumentParser(
         prog="aikd fidelity",
@@ -352,6 +364,9 @@ def main_fidelity(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated evaluation methods (default the run's evaluation.methods)")  # fmt: skip
     parser.add_argument("--reference", default=None, help="method the others are compared with (default the teacher)")
     parser.add_argument("--batch-size", type=int, default=None, help="scoring batch size (default the run's)")
+    parser.add_argument("--bootstrap", type=int, default=None, metavar="N",
+                        help="paired-bootstrap resamples for the interval of each method's pAUC minus the reference's "
+                        "on each copy (default the run's evaluation.bootstrap; 0 = off)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     try:
         args = parser.parse_args(argv)
@@ -362,7 +377,7 @@ def main_fidelity(argv: Sequence[str] | None = None) -> int:
     try:
         res = run_fidelity(
             args.run_dir, args.graded, args.out, student=args.student, methods=methods, reference=args.reference,
-            batch_size=args.batch_size, progress=not args.no_progress,
+            batch_size=args.batch_size, progress=not args.no_progress, bootstrap=args.bootstrap,
         )  # fmt: skip
     except FidelityError as err:
         print(f"aikd fidelity: {err}", file=sys.stderr)
@@ -379,6 +394,16 @@ def main_fidelity(argv: Sequence[str] | None = None) -> int:
         row = f"{m:<24}" + "".join(f"{_fmt(sp[k]):>14}" for k in kinds) + f"{_fmt(sp['all']):>10}"
         row += "".join(f"{_fmt(res['pauc_normalised'][k][m].get(op, {}).get(lim)):>16}" for k in kinds)
         print(row)
+    boot = res.get("bootstrap")
+    if boot:
+        by_kind = bootstrap_by_kind(boot)
+        print(f"\npAUC minus {ref}'s, with the {by_kind['level']:.0%} paired-bootstrap interval "
+              f"({by_kind['n_boot']} resamples; negative = better than {ref})")  # fmt: skip
+        for m in res["methods"]:
+            if m != ref:
+                cells = [by_kind["comparisons"][k].get(comparison_label(m, ref), {}) for k in kinds]
+                cells = [format_interval(c.get("operating_points", {}).get(op, {}).get(lim)) for c in cells]
+                print(f"  {m:<22}" + "".join(f"  {k} {c}" for k, c in zip(kinds, cells)))
     for kind in kinds:
         print(
             f"\nmean percentile rank per {kind} level ({', '.join(f'{s:g}' for s in res['levels'][kind]['strengths'])})"

@@ -76,18 +76,52 @@ def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def load_run(path: str | Path, comparator: str | None = None) -> RunFigures:
-    """Read one run's figures from its directory (or a ``results.json`` / EDC report file).
+def _fidelity_file(path: Path) -> Path:
+    """``fidelity.json`` of a run directory (``RUN/fidelity/``), of a fidelity report folder, or the file itself."""
+    if not path.is_dir():
+        return path
+    return path / "fidelity.json" if (path / "fidelity.json").is_file() else path / "fidelity" / "fidelity.json"
+
+
+def _load_fidelity(doc: Mapping[str, Any], figures: RunFigures) -> RunFigures:
+    """A fidelity report's pAUC per graded copy as the figures of a run whose conditions are the copies."""
+    from aikd.evaluation.fidelity import bootstrap_by_kind
+
+    for kind, methods in (doc.get("pauc_normalised") or {}).items():
+        for method, ops in methods.items():
+            for op, values in ops.items():
+                for lim, value in values.items():
+                    figures.pauc[(method, kind, op, lim)] = _number(value)
+    if doc.get("bootstrap"):
+        figures.bootstrap = bootstrap_by_kind(doc["bootstrap"])
+    if not figures.pauc:
+        raise ValueError(f"{figures.source} holds no pAUC figures; remake it with aikd fidelity")
+    return figures
+
+
+def load_run(path: str | Path, comparator: str | None = None, fidelity: bool = False) -> RunFigures:
+    """Read one run's figures from its directory (or a ``results.json`` / EDC report / ``fidelity.json`` file).
 
     ``comparator``: the figures made with an extra comparator's comparison scores (``evaluation.extra_comparators``,
     e.g. ``facenet``) instead of the main one's; they carry no bootstrap intervals.
+    ``fidelity``: the figures of the run's degradation-fidelity report (``RUN/fidelity/fidelity.json``, written by
+    ``aikd fidelity``) instead of its evaluation: one condition per graded copy (``blur``, ``downscale``), with the
+    report's bootstrap intervals. A file named ``fidelity.json`` is read that way without the flag.
 
     Raises:
-        FileNotFoundError: no ``results.json`` there (named).
+        FileNotFoundError: no ``results.json`` (or ``fidelity.json``) there (named, with the command that makes it).
         ValueError: the file is not JSON, or holds no evaluation (named).
     """
     path = Path(path).expanduser()
-    file = path / "results.json" if path.is_dir() or path.suffix != ".json" else path
+    if fidelity or path.name == "fidelity.json":
+        file = _fidelity_file(path)
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"{file}: no such file; make the run's fidelity report first: aikd fidelity {path} --graded "
+                f"<aikd make-graded dir>"
+            )
+    else:
+        file = path / "results.json" if path.is_dir() or path.suffix != ".json" else path
     if not file.is_file():
         raise FileNotFoundError(
             f"{file}: no such file; give the output directory of a run that ran the evaluate stage (it holds "
@@ -100,6 +134,11 @@ def load_run(path: str | Path, comparator: str | None = None) -> RunFigures:
     if not isinstance(doc, dict):
         raise ValueError(f"{file}: expected a JSON object, got {type(doc).__name__}")
     figures = RunFigures(source=file)
+    if file.name == "fidelity.json":
+        if comparator is not None:
+            raise ValueError(f"{file}: a fidelity report has the figures of its run's comparator only; leave out "
+                             "--comparator")  # fmt: skip
+        return _load_fidelity(doc, figures)
     if comparator is not None:
         extra = (doc.get("evaluation") or {}).get("extra_comparators") or {}
         if comparator not in extra:
@@ -213,6 +252,7 @@ def summarise_runs(
     limit: float | None = None,
     operating_points: Sequence[str] | None = None,
     comparator: str | None = None,
+    fidelity: bool = False,
 ) -> dict[str, Any]:
     """Mean and spread over runs of every method's normalised pAUC, and of the student-minus-teacher differences.
 
@@ -222,6 +262,8 @@ def summarise_runs(
         limit: the pAUC limit to summarise (default: the first the runs report, e.g. 0.2).
         operating_points: which operating points (default: all the runs report).
         comparator: an extra comparator's figures instead of the main ones (:func:`load_run`).
+        fidelity: the runs' degradation-fidelity figures (one condition per graded copy) instead of their
+            evaluation's (:func:`load_run`).
 
     Returns:
         ``{"runs": [source, ...], "left_out": [job dir, ...], "limit": key, "conditions", "methods", "operating_points",
@@ -236,7 +278,7 @@ def summarise_runs(
             are named), or a limit they do not report.
     """
     expanded, left_out = expand_runs(runs)
-    loaded = [r if isinstance(r, RunFigures) else load_run(r, comparator) for r in expanded]
+    loaded = [r if isinstance(r, RunFigures) else load_run(r, comparator, fidelity) for r in expanded]
     if not loaded:
         raise ValueError("no runs given: name at least one run directory")
     conditions = _same(loaded, "conditions", lambda r: r.conditions)
@@ -282,6 +324,7 @@ def summarise_runs(
         "runs": [str(r.source) for r in loaded],
         "left_out": [str(p) for p in left_out],
         "comparator": comparator,
+        "fidelity": fidelity or all(r.source.name == "fidelity.json" for r in loaded),
         "limit": key,
         "conditions": conditions,
         "methods": methods,
@@ -319,6 +362,8 @@ def compare_runs_markdown(summary: Mapping[str, Any], digits: int = 3) -> str:
     lines = [f"# {n} run(s) compared", ""]
     if summary.get("comparator"):
         lines += [f"Comparison scores of the extra comparator **{summary['comparator']}**.", ""]
+    if summary.get("fidelity"):
+        lines += ["Degradation fidelity reports (`aikd fidelity`): one column per graded copy.", ""]
     lines += [f"{i + 1}. `{src}`" for i, src in enumerate(runs)] + [""]
     left_out = summary.get("left_out") or []
     if left_out:
@@ -368,9 +413,12 @@ def compare_runs(
     operating_points: Sequence[str] | None = None,
     out: str | Path | None = None,
     comparator: str | None = None,
+    fidelity: bool = False,
 ) -> str:
     """Markdown comparison of several runs (:func:`summarise_runs`); also written to ``out`` when given."""
-    summary = summarise_runs(runs, limit=limit, operating_points=operating_points, comparator=comparator)
+    summary = summarise_runs(
+        runs, limit=limit, operating_points=operating_points, comparator=comparator, fidelity=fidelity
+    )
     text = compare_runs_markdown(summary)
     if out is not None:
         from aikd.io import write_text
@@ -404,6 +452,11 @@ def main_compare(argv: Sequence[str] | None = None) -> int:
         "--comparator", default=None,
         help="figures made with this extra comparator's scores (evaluation.extra_comparators, e.g. facenet)",
     )  # fmt: skip
+    parser.add_argument(
+        "--fidelity", action="store_true",
+        help="the runs' degradation-fidelity reports (RUN_DIR/fidelity/fidelity.json, from aikd fidelity): pAUC on "
+        "each graded copy instead of the evaluation's conditions",
+    )  # fmt: skip
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0), bad arguments (2)
@@ -415,6 +468,7 @@ def main_compare(argv: Sequence[str] | None = None) -> int:
             operating_points=args.operating_points,
             out=args.out,
             comparator=args.comparator,
+            fidelity=args.fidelity,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"aikd compare-runs: {err}", file=sys.stderr)

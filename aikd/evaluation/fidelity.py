@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata, spearmanr
 
+from aikd.evaluation.report import bootstrap_markdown
 from aikd.io import atomic_path, write_text
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "level_spearman",
     "fidelity_figures",
     "pauc_figures",
+    "bootstrap_by_kind",
     "fidelity_markdown",
     "plot_fidelity",
     "write_fidelity_report",
@@ -165,20 +167,42 @@ def _f(x: Any, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
 
 
+def bootstrap_by_kind(bootstrap: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """One bootstrap section whose "conditions" are the graded copies, from each copy's own evaluation.
+
+    Each copy is evaluated as one ``aligned`` condition (:func:`aikd.evaluation.runner.evaluate`), so its
+    ``bootstrap["comparisons"]["aligned"]`` holds the method-minus-reference differences; keyed by kind they read
+    like an evaluation's conditions and :func:`aikd.evaluation.report.bootstrap_markdown` tabulates them.
+
+    Args:
+        bootstrap: ``kind`` -> that copy's ``EvaluationResult.bootstrap``.
+    """
+    first = next(iter(bootstrap.values()), {})
+    return {
+        "n_boot": first.get("n_boot"),
+        "level": first.get("level", 0.95),
+        "comparisons": {k: next(iter((b.get("comparisons") or {}).values()), {}) for k, b in bootstrap.items()},
+    }
+
+
 def fidelity_markdown(
     figures: Mapping[str, Any],
     pauc: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]],
     meta: Mapping[str, Any] | None = None,
     min_spearman: float = 0.95,
+    bootstrap: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
-    """The markdown report: mean rank per level, Spearman against the reference, pAUC per copy.
+    """The markdown report: mean rank per level, Spearman against the reference, pAUC per copy and, with
+    ``bootstrap``, the paired-bootstrap interval of each method's pAUC minus the reference's on each copy.
 
     Args:
         figures: :func:`fidelity_figures`' output.
         pauc: ``pauc[kind]`` -> :func:`pauc_figures` of that copy.
         meta: lines for the header (run, graded set, comparator, ...).
         min_spearman: the fidelity criterion shown beside the Spearman figures.
+        bootstrap: ``kind`` -> that copy's evaluation bootstrap section (see :func:`bootstrap_by_kind`).
     """
+
     ref = figures["reference"]
     methods = figures["methods"]
     op, lim = HEADLINE
@@ -239,7 +263,10 @@ def fidelity_markdown(
             + " | ".join(_f(v) for v in pa)
             + f" | {_f(ratio)} | {verdict} |"
         )
-    lines += ["", "![mean rank per level](fidelity.png)", ""]
+    lines.append("")
+    if bootstrap:
+        lines += bootstrap_markdown(bootstrap_by_kind(bootstrap), kinds, op, limit=float(lim))
+    lines += ["![mean rank per level](fidelity.png)", ""]
     return "\n".join(lines)
 
 
@@ -278,8 +305,10 @@ def write_fidelity_report(
     pauc: Mapping[str, Any],
     meta: Mapping[str, Any] | None = None,
     min_spearman: float = 0.95,
+    bootstrap: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Path]:
-    """Write ``fidelity.json`` (figures, pAUC, meta), ``report.md`` and ``fidelity.png`` to ``out_dir``."""
+    """Write ``fidelity.json`` (figures, pAUC, meta, the bootstrap sections per copy when given), ``report.md``
+    and ``fidelity.png`` to ``out_dir``."""
     from aikd.io import write_json
 
     out = Path(out_dir)
@@ -293,12 +322,15 @@ def write_fidelity_report(
                     "criterion": {"min_spearman": min_spearman, "pauc": list(HEADLINE)},
                     **dict(figures),
                     "pauc_normalised": pauc,
+                    **({"bootstrap": dict(bootstrap)} if bootstrap else {}),
                 }
             ),
         ),  # fmt: skip
         "png": plot_fidelity(figures, out / "fidelity.png"),
     }
-    paths["markdown"] = write_text(out / "report.md", fidelity_markdown(figures, pauc, meta, min_spearman))
+    paths["markdown"] = write_text(
+        out / "report.md", fidelity_markdown(figures, pauc, meta, min_spearman, bootstrap=bootstrap)
+    )
     return paths
 
 
