@@ -33,11 +33,12 @@ STAGES = ["prepare", "preview", "teacher", "distill", "evaluate", "export"]
 CANVAS = Canvas(size=96, face=Geometry(size=64))
 
 
-def _realistic(**overrides) -> Degradation:
-    """``conf/degrade/realistic.yaml`` as a run builds it (seed 0), with ``overrides`` of its arguments."""
+def _realistic(name: str = "realistic", **overrides) -> Degradation:
+    """``conf/degrade/<name>.yaml`` (default realistic) as a run builds it (seed 0), with ``overrides`` of its
+    arguments."""
     from omegaconf import OmegaConf
 
-    node = OmegaConf.load(CONF / "degrade" / "realistic.yaml")
+    node = OmegaConf.load(CONF / "degrade" / f"{name}.yaml")
     node.seed = 0
     for k, v in overrides.items():
         node[k] = v
@@ -96,10 +97,9 @@ def test_forced_degradation_keeps_shape_dtype_and_range_and_changes_pixels() -> 
     assert changed >= 30  # inside the pipeline each transform has its own probability; most faces get some
 
 
-@pytest.mark.parametrize("kind", ["blur", "downscale"])
-def test_blur_and_downscaling_lower_sharpness(kind: str) -> None:
-    """The realistic pipeline's blur and down-scaling steps, forced on, lower the Laplacian variance of every face."""
-    pipeline = _realistic().transform
+def _forced_step(kind: str, name: str = "realistic") -> Degradation:
+    """The blur or down-scaling step of ``conf/degrade/<name>.yaml`` alone, applied to every face."""
+    pipeline = _realistic(name).transform
     steps = {
         "blur": next(
             t for t in pipeline.transforms if isinstance(t, A.OneOf) and "Blur" in type(t.transforms[0]).__name__
@@ -108,10 +108,28 @@ def test_blur_and_downscaling_lower_sharpness(kind: str) -> None:
     }
     step = steps[kind]
     step.p = 1.0
-    d = Degradation(A.Compose([step]), p=1.0, seed=0)
+    return Degradation(A.Compose([step]), p=1.0, seed=0)
+
+
+@pytest.mark.parametrize("kind", ["blur", "downscale"])
+def test_blur_and_downscaling_lower_sharpness(kind: str) -> None:
+    """The realistic pipeline's blur and down-scaling steps, forced on, lower the Laplacian variance of every face."""
+    d = _forced_step(kind)
     for row in range(10):
         img = _sharp_canvas(seed=row)
         assert _sharpness(d(img, row)) < 0.7 * _sharpness(img), (kind, row)
+
+
+@pytest.mark.parametrize("kind", ["blur", "downscale"])
+def test_heavy_reaches_further_than_realistic(kind: str) -> None:
+    """degrade=heavy's blur and down-scaling reach the graded set's strongest levels, which realistic never does:
+    over the same forced draws its most degraded face is far less sharp, and on average it removes more detail."""
+    sharp = {}
+    for name in ("realistic", "heavy"):
+        d = _forced_step(kind, name)
+        sharp[name] = np.array([_sharpness(d(_sharp_canvas(seed=row), row)) for row in range(40)])
+    assert sharp["heavy"].min() < 0.5 * sharp["realistic"].min(), kind
+    assert np.median(sharp["heavy"]) < np.median(sharp["realistic"]), kind
 
 
 def test_share_of_degraded_faces_follows_p() -> None:

@@ -521,6 +521,24 @@ def test_make_graded_cli_refuses_without_source(tmp_path: Path, monkeypatch: pyt
     assert "not a CFP root" in capsys.readouterr().err and not (tmp_path / "g").exists()
 
 
+def test_make_graded_cli_copies_the_identities_asked_for(fake_cfp: Path, tmp_path: Path) -> None:
+    """``--identities 1 2``: a graded copy of training identities, for choosing recipes away from the test split."""
+    from aikd.app.cli import main
+
+    out = tmp_path / "g401"
+    assert main(["make-graded", "--out", str(out), "--source", str(fake_cfp), "--identities", "1", "2",
+                 "--no-progress"]) == 0  # fmt: skip
+    doc = check_graded(out)
+    assert doc["spec"]["identities"] == [1, 2] and doc["identities"] == ["001", "002"]
+    for kind in KINDS:
+        images = out / kind / "cfp" / "Data" / "Images"
+        assert sorted(p.name for p in images.iterdir()) == ["001", "002"]
+    assert {row["identity"] for rows in read_manifest(out).values() for row in rows.values()} == {
+        "001",
+        "002",
+    }
+
+
 @pytest.mark.data
 def test_real_cfp_copy_levels_mean_the_same_on_every_face(cfp_root: Path, tmp_path: Path) -> None:
     """CFP 496-500 (70 real photos of very different sizes): balanced levels, level 0 byte copies, each copied photo

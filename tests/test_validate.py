@@ -72,6 +72,10 @@ def test_loss_weights_are_checked(compose_cfg: Callable[..., DictConfig]) -> Non
 def test_stage_and_data_problems(compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown stage 'evalute' \(did you mean 'evaluate'"):
         validate_run(compose_cfg("stages=[prepare,evalute]"), STAGES)
+    for key in ("data", "evaluation"):  # refused at start-up, not when the first loader is built
+        for bad in ("0", "-3", "2.5"):
+            with pytest.raises(ConfigError, match=rf"{key}.batch_size={bad}: must be a positive whole number"):
+                validate_run(compose_cfg(f"{key}.batch_size={bad}"), STAGES)
     with pytest.raises(ConfigError, match=r"data.root is required with data=folder"):
         validate_run(compose_cfg("data=folder"), STAGES)
     with pytest.raises(ConfigError, match=r"CFP not found there; set the AIKD_DATA"):

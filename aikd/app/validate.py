@@ -142,6 +142,7 @@ def _check_evaluation(cfg: DictConfig, problems: list[str]) -> None:
     ecfg = cfg.evaluation
     stages = list(cfg.stages)
     presets = list_options("misalign")
+    _check_batch_size(ecfg, "evaluation", 64, problems)
     for c in ecfg.get("conditions") or []:
         if str(c) not in presets and str(c) not in DETECTOR_CONDITIONS:
             problems.append(
@@ -256,11 +257,21 @@ def _check_extra_comparators(ecfg: DictConfig, primary: str, backbones: Sequence
                 )
 
 
+def _check_batch_size(node: DictConfig | None, key: str, example: int, problems: list[str]) -> None:
+    """``<key>.batch_size`` is a positive whole number: a bad one would otherwise surface only when the first
+    loader is built, after the teacher stage has run."""
+    value = None if node is None else node.get("batch_size")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        problems.append(f"{key}.batch_size={value}: must be a positive whole number of faces per batch (e.g. "
+                        f"{key}.batch_size={example})")  # fmt: skip
+
+
 def _check_data(cfg: DictConfig, problems: list[str]) -> None:
     data = cfg.get("data")
     if data is None:
         problems.append("no data configured: choose data=<option> (synthetic, cfp, folder, ...)")
         return
+    _check_batch_size(data, "data", 64, problems)
     target = str(data.get("_target_", ""))
     if target.endswith("folder_datamodule"):
         if OmegaConf.is_missing(data, "root"):
