@@ -369,11 +369,12 @@ def compare_runs_markdown(summary: Mapping[str, Any], digits: int = 3) -> str:
     if left_out:
         lines += [f"Left out (sweep jobs without results.json: failed or unfinished): {len(left_out)}", ""]
         lines += [f"- `{p}`" for p in left_out] + [""]
-    na = (
-        "n/a: extra comparators' figures carry no bootstrap intervals"
-        if summary.get("comparator")
-        else "n/a: the run was not bootstrapped, `evaluation.bootstrap=0`"
-    )
+    if summary.get("comparator"):
+        na = "n/a: extra comparators' figures carry no bootstrap intervals"
+    elif summary.get("fidelity"):
+        na = "n/a: the report was made without intervals (`aikd fidelity --bootstrap 1000` adds them)"
+    else:
+        na = "n/a: the run was not bootstrapped, `evaluation.bootstrap=0`"
     for op in summary["operating_points"]:
         lines.append(f"## Normalised pAUC@{lim:.2f}, {parse_operating_point(op).description} (`{op}`)")
         lines.append("")
