@@ -33,7 +33,7 @@ STAGES = ["prepare", "preview", "teacher", "distill", "evaluate", "export"]
 CANVAS = Canvas(size=96, face=Geometry(size=64))
 
 
-def _realistic(name: str = "realistic", **overrides) -> Degradation:
+def _degrade_option(name: str = "realistic", **overrides) -> Degradation:
     """``conf/degrade/<name>.yaml`` (default realistic) as a run builds it (seed 0), with ``overrides`` of its
     arguments."""
     from omegaconf import OmegaConf
@@ -78,7 +78,7 @@ def _datamodule(root: Path, degrade: Degradation | None) -> FaceDataModule:
 
 def test_p_zero_and_no_pipeline_leave_the_canvas_bit_identical() -> None:
     img = _sharp_canvas()
-    for d in (_realistic(p=0.0), Degradation(None, p=1.0)):
+    for d in (_degrade_option(p=0.0), Degradation(None, p=1.0)):
         assert not d.active
         for row in range(20):
             out = d(img, row, epoch=row % 3)
@@ -87,7 +87,7 @@ def test_p_zero_and_no_pipeline_leave_the_canvas_bit_identical() -> None:
 
 def test_forced_degradation_keeps_shape_dtype_and_range_and_changes_pixels() -> None:
     img = _sharp_canvas(size=96)
-    d = _realistic(p=1.0)
+    d = _degrade_option(p=1.0)
     changed = 0
     for row in range(40):
         out = d(img, row)
@@ -99,7 +99,7 @@ def test_forced_degradation_keeps_shape_dtype_and_range_and_changes_pixels() -> 
 
 def _forced_step(kind: str, name: str = "realistic") -> Degradation:
     """The blur or down-scaling step of ``conf/degrade/<name>.yaml`` alone, applied to every face."""
-    pipeline = _realistic(name).transform
+    pipeline = _degrade_option(name).transform
     steps = {
         "blur": next(
             t for t in pipeline.transforms if isinstance(t, A.OneOf) and "Blur" in type(t.transforms[0]).__name__
@@ -134,14 +134,14 @@ def test_heavy_reaches_further_than_realistic(kind: str) -> None:
 
 def test_share_of_degraded_faces_follows_p() -> None:
     img = _sharp_canvas(size=64)
-    d = _realistic(p=0.5)
+    d = _degrade_option(p=0.5)
     untouched = sum(d(img, row) is img for row in range(400))
     assert 160 <= untouched <= 240  # about half are skipped outright (binomial, sd 10)
 
 
 def test_draws_are_a_function_of_seed_epoch_and_row() -> None:
     img = _sharp_canvas(size=64)
-    d, again, other_seed = _realistic(p=1.0), _realistic(p=1.0), _realistic(p=1.0, seed=1)
+    d, again, other_seed = _degrade_option(p=1.0), _degrade_option(p=1.0), _degrade_option(p=1.0, seed=1)
     same = [np.array_equal(d(img, r, 2), again(img, r, 2)) for r in range(10)]
     assert all(same)
     # order of calls does not matter (each face reseeds the pipeline)
@@ -176,13 +176,13 @@ def test_bad_settings_are_refused() -> None:
 def test_degrade_none_gives_the_same_batches_as_no_degrade(tmp_path: Path) -> None:
     root = write_folder_dataset(tmp_path / "faces", identities=4, per_identity=4, size=96)
     clean = next(iter(_datamodule(root, None).train_dataloader()))
-    off = next(iter(_datamodule(root, _realistic(p=0.0)).train_dataloader()))
+    off = next(iter(_datamodule(root, _degrade_option(p=0.0)).train_dataloader()))
     assert torch.equal(clean["index"], off["index"]) and torch.equal(clean["image"], off["image"])
 
 
 def test_only_the_distillation_training_loader_degrades(tmp_path: Path) -> None:
     root = write_folder_dataset(tmp_path / "faces", identities=4, per_identity=4, size=96)
-    clean, degraded = _datamodule(root, None), _datamodule(root, _realistic(p=1.0))
+    clean, degraded = _datamodule(root, None), _datamodule(root, _degrade_option(p=1.0))
     assert degraded.degrades and not clean.degrades
     # validation (and test/evaluation, which read the same way) are untouched
     for a, b in zip(clean.val_dataloader(), degraded.val_dataloader()):
@@ -202,7 +202,7 @@ def test_training_batches_are_reproducible_per_epoch_and_change_between_epochs(t
     root = write_folder_dataset(tmp_path / "faces", identities=4, per_identity=4, size=96)
 
     def batches(epoch: int, workers: int = 0) -> dict[int, torch.Tensor]:
-        dm = _datamodule(root, _realistic(p=1.0))
+        dm = _datamodule(root, _degrade_option(p=1.0))
         dm.num_workers = workers
         loader = dm.train_dataloader()
         loader.sampler.set_epoch(epoch)  # what Lightning does before every epoch
@@ -303,7 +303,7 @@ def test_distillation_fit_degrades_each_face_once_per_epoch_with_the_online_teac
     from aikd.training import DistillModule
 
     root = write_folder_dataset(tmp_path / "faces", identities=4, per_identity=4, size=96)
-    degradation = _Recording(_realistic().transform, p=1.0, seed=0)
+    degradation = _Recording(_degrade_option().transform, p=1.0, seed=0)
     dm = _datamodule(root, degradation)
     torch.manual_seed(0)
     teacher = create_teacher("crfiqa", **TEACHERS.get("crfiqa").example_kwargs)
@@ -343,7 +343,7 @@ def test_distillation_fit_degrades_each_face_once_per_epoch_with_the_online_teac
 
 def test_variants_repeat_the_draws_every_n_epochs() -> None:
     img = _sharp_canvas(size=96)
-    fresh, cyclic = _realistic(p=0.6), _realistic(p=0.6, variants=3)
+    fresh, cyclic = _degrade_option(p=0.6), _degrade_option(p=0.6, variants=3)
     for row in range(12):
         outs = [cyclic(img, row, e) for e in range(6)]
         for e in range(3):
@@ -358,9 +358,9 @@ def test_variants_repeat_the_draws_every_n_epochs() -> None:
 
 
 def test_fingerprint_names_what_decides_the_degraded_faces() -> None:
-    base = _realistic(variants=4)
-    assert base.fingerprint() == _realistic(variants=4).fingerprint()  # two builds of one config: one cache entry
-    others = [_realistic(variants=2), _realistic(variants=4, p=0.3), _realistic(variants=4, seed=1)]
+    base = _degrade_option(variants=4)
+    assert base.fingerprint() == _degrade_option(variants=4).fingerprint()  # two builds of one config: one cache entry
+    others = [_degrade_option(variants=2), _degrade_option(variants=4, p=0.3), _degrade_option(variants=4, seed=1)]
     others.append(Degradation(A.Compose([A.GaussianBlur(blur_limit=(3, 9), p=1.0)]), p=0.5, seed=0, variants=4))
     prints = {base.fingerprint(), *(d.fingerprint() for d in others)}
     assert len(prints) == 5
@@ -383,7 +383,7 @@ def test_cached_scores_of_degraded_faces_equal_the_online_teachers(
     )
 
     root = write_folder_dataset(tmp_path / "faces", identities=4, per_identity=4, size=96)
-    degradation = _realistic(p=0.5, variants=2)
+    degradation = _degrade_option(p=0.5, variants=2)
     dm = _datamodule(root, degradation)
     torch.manual_seed(0)
     teacher = create_teacher("crfiqa", **TEACHERS.get("crfiqa").example_kwargs).eval()
@@ -430,7 +430,7 @@ def test_cached_scores_of_degraded_faces_equal_the_online_teachers(
     )
     assert again.degraded.directory == scores.degraded.directory
     # another degradation is another entry
-    other = _realistic(p=0.5, variants=3)
+    other = _degrade_option(p=0.5, variants=3)
     monkeypatch.undo()
     third = degraded_teacher_scores(teacher, index, dm.canvas, cache_root, other, clean, batch_size=8)
     assert third.degraded.directory != scores.degraded.directory and third.degraded.n == 3 * len(index)
@@ -441,7 +441,7 @@ def test_degraded_scores_need_variants(tmp_path: Path) -> None:
     from aikd.training.cache import degraded_teacher_scores, teacher_score_cache
 
     root = write_folder_dataset(tmp_path / "faces", identities=4, per_identity=2, size=96)
-    dm = _datamodule(root, _realistic(p=1.0))
+    dm = _datamodule(root, _degrade_option(p=1.0))
     teacher = create_teacher("crfiqa", **TEACHERS.get("crfiqa").example_kwargs).eval()
     clean = teacher_score_cache(teacher, dm.index("train"), dm.canvas, tmp_path / "c")
     with pytest.raises(ValueError, match=r"degrade.variants is null.*set degrade.variants"):

@@ -5,17 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-import aikd.config  # noqa: F401  (resolvers)
 from aikd.app.rundir import ClaimRunDir, claim_dir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,20 +27,9 @@ def test_claim_dir_takes_the_next_free_name_and_never_shares(tmp_path: Path) -> 
     assert sorted(p.name for p in claimed) == sorted(f"2026-12-03_16-45-25_{n}" for n in range(3, 11))
 
 
-@pytest.fixture
-def compose_train() -> Iterator:
-    def _compose(*overrides: str) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            return compose("train", overrides=list(overrides), return_hydra_config=True)
-
-    yield _compose
-    GlobalHydra.instance().clear()
-
-
 @pytest.mark.parametrize("mode", ["run", "sweep"])
-def test_callback_moves_a_taken_directory_and_keeps_a_chosen_one(compose_train, tmp_path: Path, mode: str) -> None:
-    cfg = compose_train(f"paths.log_dir={tmp_path}")
+def test_callback_moves_a_taken_directory_and_keeps_a_chosen_one(compose_cfg, tmp_path: Path, mode: str) -> None:
+    cfg = compose_cfg(f"paths.log_dir={tmp_path}")
     assert any(cb._target_ == "aikd.app.rundir.ClaimRunDir" for cb in cfg.hydra.callbacks.values())
     wanted = Path(str(OmegaConf.select(cfg, f"hydra.{mode}.dir")))
     assert wanted.parent.parent == tmp_path / cfg.task_name
@@ -58,7 +43,7 @@ def test_callback_moves_a_taken_directory_and_keeps_a_chosen_one(compose_train, 
 
     chosen = tmp_path / "resume-here"
     chosen.mkdir()
-    cfg = compose_train(f"hydra.{mode}.dir={chosen}")
+    cfg = compose_cfg(f"hydra.{mode}.dir={chosen}")
     start(config=cfg)  # named by the user (a resumed run): used as given, even though it exists
     assert Path(str(OmegaConf.select(cfg, f"hydra.{mode}.dir"))) == chosen
 

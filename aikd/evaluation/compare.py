@@ -113,7 +113,8 @@ def load_run(path: str | Path, comparator: str | None = None, fidelity: bool = F
         ValueError: the file is not JSON, or holds no evaluation (named).
     """
     path = Path(path).expanduser()
-    if fidelity or path.name == "fidelity.json":
+    fidelity = fidelity or path.name == "fidelity.json"
+    if fidelity:
         file = _fidelity_file(path)
         if not file.is_file():
             raise FileNotFoundError(
@@ -134,7 +135,7 @@ def load_run(path: str | Path, comparator: str | None = None, fidelity: bool = F
     if not isinstance(doc, dict):
         raise ValueError(f"{file}: expected a JSON object, got {type(doc).__name__}")
     figures = RunFigures(source=file)
-    if file.name == "fidelity.json":
+    if fidelity:
         if comparator is not None:
             raise ValueError(f"{file}: a fidelity report has the figures of its run's comparator only; leave out "
                              "--comparator")  # fmt: skip

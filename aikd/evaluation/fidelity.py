@@ -202,7 +202,6 @@ def fidelity_markdown(
         min_spearman: the fidelity criterion shown beside the Spearman figures.
         bootstrap: ``kind`` -> that copy's evaluation bootstrap section (see :func:`bootstrap_by_kind`).
     """
-
     ref = figures["reference"]
     methods = figures["methods"]
     op, lim = HEADLINE
