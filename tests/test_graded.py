@@ -374,6 +374,13 @@ def test_fidelity_report_intervals_and_compare_runs_over_seeds(tmp_path: Path, c
     text = capsys.readouterr().out
     assert "Degradation fidelity reports (`aikd fidelity`)" in text
     assert "| blur | +0.020 ± 0.028 | +0.040 [+0.010, +0.070] | +0.000 [-0.030, +0.030] |" in text
+    # a seed sweep's directory stands for its jobs (README: aikd compare-runs --fidelity .../multiruns/<time>)
+    sweep = tmp_path / "multiruns" / "2026-12-03_16-45-25"
+    for job, run in zip(("0_x", "1_x"), runs):
+        shutil.copytree(run, sweep / job)
+        (sweep / job / "results.json").write_text("{}")
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    assert summarise_runs([sweep], fidelity=True)["pauc"] == summary["pauc"]
     (tmp_path / "r3").mkdir()
     assert main(["compare-runs", "--fidelity", str(runs[0]), str(tmp_path / "r3")]) == 2
     err = capsys.readouterr().err
