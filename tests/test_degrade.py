@@ -436,6 +436,53 @@ def test_cached_scores_of_degraded_faces_equal_the_online_teachers(
     assert third.degraded.directory != scores.degraded.directory and third.degraded.n == 3 * len(index)
 
 
+def test_degraded_features_of_a_smaller_split_are_reused(tmp_path: Path) -> None:
+    """A split that extends another one (recipes on identities 001-400, then the test run on 001-450) keeps the
+    first split's rows, and so each of their degraded versions: those backbone features are copied from the first
+    split's entry, bit for bit, and only the new faces' versions go through the backbone. The same faces under
+    another degradation seed are degraded differently, so nothing is reused there."""
+    from aikd.models.teacher import TEACHERS, create_teacher
+    from aikd.training.cache import degraded_teacher_scores, row_keys, teacher_score_cache
+
+    root = write_folder_dataset(tmp_path / "faces", identities=4, per_identity=3, size=96)
+    part, full = FolderSource(str(root), identities=(0, 1)).load(), FolderSource(str(root)).load()
+    assert np.array_equal(row_keys(full)[: len(part)], row_keys(part))  # the smaller split is a prefix
+    torch.manual_seed(0)
+    teacher = create_teacher("crfiqa", **TEACHERS.get("crfiqa").example_kwargs).eval()
+    degradation = _degrade_option(p=0.5, variants=2)
+    cache_root = tmp_path / "cache" / "teacher_scores"
+
+    def degraded(index, degradation, root=cache_root):  # noqa: ANN001, ANN202
+        clean = teacher_score_cache(teacher, index, CANVAS, root, batch_size=8, progress=False)
+        return degraded_teacher_scores(teacher, index, CANVAS, root, degradation, clean, batch_size=8, progress=False)
+
+    def versions(index, degradation):  # noqa: ANN001, ANN202
+        return [(r, v) for v in range(2) for r in range(len(index)) if degradation.applies(r, v)]
+
+    seen = []
+    hook = teacher.backbone.register_forward_hook(lambda m, args, out: seen.append(len(args[0])))
+    try:
+        first = degraded(part, degradation)
+        seen.clear()
+        second = degraded(full, degradation)
+        new_faces = [(r, v) for r, v in versions(full, degradation) if r >= len(part)]
+        assert 0 < sum(seen) == len(new_faces) + (len(full) - len(part))  # new versions + the new clean faces
+        seen.clear()
+        other_seed = _degrade_option(p=0.5, variants=2, seed=7)
+        degraded(full, other_seed)
+        assert sum(seen) == len(versions(full, other_seed))  # clean features cached; no degraded one reused
+    finally:
+        hook.remove()
+    # what was copied is what the backbone would compute: the scores equal those of a cache filled from scratch
+    alone = degraded(full, degradation, root=tmp_path / "alone" / "teacher_scores")
+    slots = np.asarray([r * 2 + v for r, v in versions(full, degradation)])
+    (q_reused,) = second.degraded.read(slots, "quality")
+    (q_alone,) = alone.degraded.read(slots, "quality")
+    torch.testing.assert_close(q_reused, q_alone, atol=1e-5, rtol=1e-5)
+    part_slots = np.asarray([r * 2 + v for r, v in versions(part, degradation)])
+    assert torch.equal(first.degraded.read(part_slots, "quality")[0], second.degraded.read(part_slots, "quality")[0])
+
+
 def test_degraded_scores_need_variants(tmp_path: Path) -> None:
     from aikd.models.teacher import TEACHERS, create_teacher
     from aikd.training.cache import degraded_teacher_scores, teacher_score_cache

@@ -424,20 +424,35 @@ def _tag_rows(cache: RowCache, index: FaceIndex, tag: Mapping[str, Any]) -> None
     write_json(cache.directory / "reuse.json", dict(tag))
 
 
+def _slot_keys(face_keys: np.ndarray, slots: np.ndarray, variants: int | None) -> list[bytes]:
+    """The reuse key of each cache row in ``slots``: the face's :func:`row_keys` key, and for a cache of degraded
+    versions (``variants`` per face, row ``r * variants + v``) also ``r`` and ``v``, since a face's degradation is
+    drawn from ``(seed, version, row)`` (:class:`~aikd.data.degrade.Degradation`): the same face at another row
+    is degraded differently."""
+    if not variants:
+        return [face_keys[s].tobytes() for s in slots]
+    r, v = np.divmod(np.asarray(slots, np.int64), int(variants))
+    return [face_keys[a].tobytes() + np.asarray([a, b], "<i8").tobytes() for a, b in zip(r, v)]
+
+
 def reuse_rows(cache: RowCache, rows: np.ndarray | None = None) -> int:
     """Copy into ``cache`` the features of its rows still to do (of ``rows``, default all) that another entry of
-    the same backbone, canvas and crop geometry already holds; return how many were copied.
+    the same backbone, canvas and crop geometry (and, for degraded faces, the same degradation) already holds;
+    return how many were copied.
 
     A feature entry is keyed by the whole image list, so a new split or extra training faces would otherwise send
     every face through the backbone again (minutes per thousand faces on a CPU); rows are matched by
-    :func:`row_keys`. Entries without keys (made by an older aikd and not opened since) are not searched.
+    :func:`row_keys` (degraded versions also by row and version, see :func:`_slot_keys`: a split that extends
+    another one, or extra faces appended to a dataset, keep their rows). Entries without keys (made by an older
+    aikd and not opened since) are not searched.
     """
     todo = cache.todo(rows)
     if len(todo) == 0 or not (cache.directory / "reuse.json").is_file():
         return 0
     tag = json.loads((cache.directory / "reuse.json").read_text())
+    variants = tag.get("variants")
     own = np.load(cache.directory / "row_keys.npy")
-    want = {own[i].tobytes(): int(i) for i in todo}
+    want = dict(zip(_slot_keys(own, todo, variants), todo.tolist()))
     copied = 0
     for other in sorted(cache.directory.parent.glob(f"{tag['backbone']}-*")):
         if other == cache.directory or not want:
@@ -450,11 +465,12 @@ def reuse_rows(cache: RowCache, rows: np.ndarray | None = None) -> int:
             features = np.load(other / "features.npy", mmap_mode="r")
         except (OSError, ValueError):  # no keys yet, or an entry being written: skip it
             continue
-        if len(keys) != len(done) or features.shape[1:] != cache.arrays["features"].shape[1:]:
+        if len(keys) * (variants or 1) != len(done) or features.shape[1:] != cache.arrays["features"].shape[1:]:
             continue
         src, dst = [], []
-        for j in np.flatnonzero(done):
-            i = want.pop(keys[j].tobytes(), None)
+        have = np.flatnonzero(done)
+        for j, key in zip(have, _slot_keys(keys, have, variants)):
+            i = want.pop(key, None)
             if i is not None:
                 src.append(j)
                 dst.append(i)
@@ -734,6 +750,8 @@ def degraded_teacher_scores(
             {"features": ((int(teacher.backbone.embedding_dim),), np.float32)},
             meta={"backbone": teacher.config.get("backbone"), "variants": n_var, "degrade": repr(degradation)},
         )
+        _tag_rows(features, index, {**_reuse_tag(teacher, canvas), "degrade": tag["degrade"], "variants": n_var})
+        reuse_rows(features, slots)
         compute = _backbone_features(teacher, device)
         for v, rows in enumerate(per_variant):
             desc = f"backbone features, degraded faces (version {v + 1}/{n_var})"
