@@ -3,7 +3,7 @@ online teacher's values; the shared face loader keeps rows straight; evaluation 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -281,3 +281,107 @@ def test_face_loader_yields_the_requested_rows_in_order(tmp_path: Path) -> None:
     assert batches[0]["image"].shape == (2, 3, 96, 96) and batches[0]["image"].dtype == torch.uint8
     assert {"landmarks", "canvas_from_source", "identity", "n_skipped"} <= set(batches[0])
     assert face_loader(index, CANVAS).dataset.rows.tolist() == list(range(1, len(index)))
+
+
+_FILLER = """
+import logging, sys, time
+from pathlib import Path
+import numpy as np
+from aikd.data import FolderSource
+from aikd.geometry.align import Canvas, Geometry
+from aikd.training.cache import RowCache, fill_cache
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+faces, entry, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+index = FolderSource(str(faces)).load()
+cache = RowCache(entry, len(index), {"row": ((), np.float32)})
+
+def compute(batch):
+    (entry.parent / f"{name}.started").touch()  # holds the fill lock from here on
+    deadline = time.monotonic() + 120
+    while not (entry.parent / "release").exists() and time.monotonic() < deadline:  # until the test says
+        time.sleep(0.05)
+    with open(entry.parent / f"{name}.rows", "a") as f:
+        f.write(f"{len(batch['index'])}\\n")
+    return {"row": batch["index"].float()}
+
+fill_cache(cache, index, Canvas(size=96, face=Geometry(size=64)), compute, batch_size=3, progress=False)
+"""
+
+
+def test_runs_started_together_fill_a_shared_entry_once(tmp_path: Path) -> None:
+    """Two processes needing the same cache entry (a sweep's seeds started together on one node): the second waits
+    for the first's fill lock, says so, and finds every row done; each row is computed once, and both processes
+    end with the complete entry."""
+    import subprocess
+    import sys
+    import time
+
+    from aikd.training.cache import RowCache
+
+    faces = write_folder_dataset(tmp_path / "faces", identities=3, per_identity=4, size=96)
+    script, entry = tmp_path / "fill.py", tmp_path / "cache" / "entry"
+    script.write_text(_FILLER)
+    entry.parent.mkdir()
+
+    def launch(name: str) -> subprocess.Popen:
+        cmd = [sys.executable, str(script), str(faces), str(entry), name]
+        log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 (closed with the process below)
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+    def wait_for(what: Callable[[], bool], proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 120
+        while not what():
+            logs = [
+                (tmp_path / f"{n}.log").read_text() for n in ("first", "second") if (tmp_path / f"{n}.log").exists()
+            ]
+            assert proc.poll() is None and time.monotonic() < deadline, logs
+            time.sleep(0.05)
+
+    first = launch("first")
+    wait_for((entry.parent / "first.started").exists, first)  # the first is computing its first batch, lock held
+    second = launch("second")
+    waiting = "waiting for it instead of computing its rows twice"
+    wait_for(lambda: waiting in (tmp_path / "second.log").read_text(), second)  # the second waits for the lock
+    (entry.parent / "release").touch()  # now the first may finish
+    assert first.wait(timeout=300) == 0 and second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()
+    rows_first = sum(int(n) for n in (entry.parent / "first.rows").read_text().split())
+    assert rows_first == 12 and not (entry.parent / "second.rows").exists()  # the second computed nothing
+    cache = RowCache(entry, 12, {"row": ((), np.float32)})
+    assert cache.complete and np.array_equal(np.asarray(cache.arrays["row"]), np.arange(12, dtype=np.float32))
+
+
+def test_creating_an_array_another_process_made_keeps_its_rows(tmp_path: Path) -> None:
+    """The array files of an entry are created with a link that fails when another process got there first: an
+    entry being filled is never replaced by a blank one, and no temporary file is left behind."""
+    from aikd.training.cache import RowCache, _create_once
+
+    cache = RowCache(tmp_path / "entry", 5, {"x": ((2,), np.float32)})
+    cache.write(np.array([1, 3]), x=np.ones((2, 2), np.float32))
+    cache.flush()
+    _create_once(cache.directory / "x.npy", np.float32, (5, 2))  # as a run that lost the race would
+    _create_once(cache.directory / "done.npy", np.bool_, (5,))
+    again = RowCache(tmp_path / "entry", 5, {"x": ((2,), np.float32)})
+    assert again.done.tolist() == [False, True, False, True, False]
+    assert np.asarray(again.arrays["x"])[[1, 3]].tolist() == [[1, 1], [1, 1]]
+    assert sorted(p.name for p in cache.directory.iterdir()) == ["done.npy", "meta.json", "x.npy"]
+
+
+def test_a_file_system_without_locks_fills_unlocked(
+    index: FaceIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where the OS refuses file locks (some network mounts), the entry is filled as before, with a warning; a
+    soft lock file that outlived a crashed run would block every later one."""
+    import filelock
+
+    from aikd.training.cache import RowCache, fill_cache
+
+    def refuse(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise NotImplementedError("FileSystem does not appear to support flock")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", refuse)
+    cache = RowCache(tmp_path / "entry", len(index), {"row": ((), np.float32)})
+    with caplog.at_level("WARNING", logger="aikd.training.cache"):
+        fill_cache(cache, index, CANVAS, lambda b: {"row": b["index"].float()}, batch_size=5, progress=False)
+    assert cache.complete and np.array_equal(np.asarray(cache.arrays["row"]), np.arange(len(index), dtype=np.float32))
+    assert "no file lock" in caplog.text and "filling without one" in caplog.text

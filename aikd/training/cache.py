@@ -18,23 +18,26 @@ mask that makes filling them resumable: an interrupted run continues where it st
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from torch import Tensor
 
 from aikd.data.index import FaceIndex
 from aikd.geometry.align import Canvas
-from aikd.io import atomic_path, content_key, write_json
+from aikd.io import atomic_path, content_key, current_umask, write_json
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ __all__ = [
     "feature_cache",
     "features_root_for",
     "fill_cache",
+    "fill_lock",
     "fill_scores_from_features",
     "head_only_scoring",
     "open_feature_cache",
@@ -92,6 +96,62 @@ def cache_key(
         sort_keys=True,
     )
     return f"{model_fingerprint}-{data_fingerprint}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+
+
+def _create_once(path: Path, dtype: Any, shape: tuple[int, ...]) -> None:
+    """Create the zero-filled ``.npy`` array ``path`` unless it exists, atomically and without ever replacing it.
+
+    Runs started together (the seeds of a sweep on one node) open the same cache entry at the same moment. A plain
+    rename would let the second one replace an array the first has begun filling (its rows would be lost, or worse,
+    marked done in ``done.npy`` with zeros in the replaced file); a hard link of a private temporary file fails
+    instead when the array is already there, and the loser simply opens the winner's array.
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.npy", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)  # zero-filled
+        arr.flush()
+        del arr
+        os.chmod(tmp, 0o666 & ~current_umask())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process created it first: use that one
+        except OSError:  # a file system without hard links: a rename, which cannot tell the race apart
+            if not path.exists():
+                os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def fill_lock(cache: RowCache, desc: str = "caching") -> Iterator[None]:
+    """Hold ``cache``'s fill lock (``fill.lock`` in its directory, an OS file lock that dies with its process).
+
+    Only one process fills an entry at a time: another run that needs the same rows (a sweep's other seeds,
+    started together) waits, says so, and then finds them done instead of computing them again. On a file system
+    without OS locks (some network mounts) it fills unlocked, as before: a lock file that outlives a crashed run
+    would block every later run, which is worse than computing rows twice.
+    """
+    lock = FileLock(cache.directory / "fill.lock", fallback_to_soft=False)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        log.info(
+            "%s: another process is filling %s; waiting for it instead of computing its rows twice",
+            desc,
+            cache.directory,
+        )
+        lock.acquire()
+    except (NotImplementedError, OSError) as err:  # after Timeout, which is an OSError too
+        log.warning("%s: no file lock on %s (%s); filling without one", desc, cache.directory, err)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class RowCache:
@@ -147,11 +207,7 @@ class RowCache:
     def _open(self, name: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
         path = self.directory / name
         if not path.is_file():
-            tmp = path.with_name(f".{name}.tmp")
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)  # zero-filled
-            arr.flush()
-            del arr
-            os.replace(tmp, path)
+            _create_once(path, dtype, shape)
         arr = np.load(path, mmap_mode="r+")
         if arr.shape != shape or arr.dtype != np.dtype(dtype):
             raise ValueError(
@@ -228,13 +284,54 @@ def fill_cache(
     With a :class:`~aikd.data.degrade.Degradation` ``degrade`` (``variants`` set) this fills version ``variant``
     of a degradation-keyed cache of ``len(index) x variants`` rows: the faces are degraded as in epoch
     ``variant`` and index row ``r`` is stored at row ``r * variants + variant`` (``rows`` are index rows).
+
+    The entry's :func:`fill_lock` is held while filling, so runs started together compute each row once.
     """
+    stride = 1 if degrade is None else int(degrade.variants)
+    rows = np.arange(len(index) if degrade is not None else cache.n) if rows is None else np.asarray(rows, np.int64)
+    if len(rows[~cache.done[rows * stride + variant]]) == 0:
+        return cache
+    with fill_lock(cache, desc):
+        return _fill_locked(
+            cache,
+            index,
+            canvas,
+            compute,
+            rows,
+            stride,
+            variant,
+            batch_size,
+            num_workers,
+            device,
+            flush_every_s,
+            progress,
+            desc,
+            degrade,
+        )
+
+
+def _fill_locked(
+    cache: RowCache,
+    index: FaceIndex,
+    canvas: Canvas,
+    compute: Callable[[dict[str, Tensor]], Mapping[str, Tensor]],
+    rows: np.ndarray,
+    stride: int,
+    variant: int,
+    batch_size: int,
+    num_workers: int,
+    device: str | torch.device,
+    flush_every_s: float,
+    progress: bool,
+    desc: str,
+    degrade: Any | None,
+) -> RowCache:
+    """:func:`fill_cache` under the entry's :func:`fill_lock`: the rows still to do are decided here, after
+    another process may have filled them."""
     from tqdm.auto import tqdm
 
     from aikd.data.dataset import face_loader
 
-    stride = 1 if degrade is None else int(degrade.variants)
-    rows = np.arange(len(index) if degrade is not None else cache.n) if rows is None else np.asarray(rows, np.int64)
     todo = rows[~cache.done[rows * stride + variant]]
     if len(todo) == 0:
         return cache
