@@ -338,13 +338,18 @@ def test_runs_started_together_fill_a_shared_entry_once(tmp_path: Path) -> None:
             assert proc.poll() is None and time.monotonic() < deadline, logs
             time.sleep(0.05)
 
-    first = launch("first")
-    wait_for((entry.parent / "first.started").exists, first)  # the first is computing its first batch, lock held
-    second = launch("second")
-    waiting = "waiting for it instead of computing its rows twice"
-    wait_for(lambda: waiting in (tmp_path / "second.log").read_text(), second)  # the second waits for the lock
-    (entry.parent / "release").touch()  # now the first may finish
-    assert first.wait(timeout=300) == 0 and second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()
+    procs = [launch("first")]
+    try:
+        wait_for((entry.parent / "first.started").exists, procs[0])  # computing its first batch, lock held
+        procs.append(launch("second"))
+        waiting = "waiting for it instead of computing its rows twice"
+        wait_for(lambda: waiting in (tmp_path / "second.log").read_text(), procs[1])  # the second waits
+        (entry.parent / "release").touch()  # now the first may finish
+        assert [p.wait(timeout=300) for p in procs] == [0, 0], (tmp_path / "second.log").read_text()
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
     rows_first = sum(int(n) for n in (entry.parent / "first.rows").read_text().split())
     assert rows_first == 12 and not (entry.parent / "second.rows").exists()  # the second computed nothing
     cache = RowCache(entry, 12, {"row": ((), np.float32)})
