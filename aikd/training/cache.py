@@ -287,79 +287,42 @@ def fill_cache(
 
     The entry's :func:`fill_lock` is held while filling, so runs started together compute each row once.
     """
-    stride = 1 if degrade is None else int(degrade.variants)
-    rows = np.arange(len(index) if degrade is not None else cache.n) if rows is None else np.asarray(rows, np.int64)
-    if len(rows[~cache.done[rows * stride + variant]]) == 0:
-        return cache
-    with fill_lock(cache, desc):
-        return _fill_locked(
-            cache,
-            index,
-            canvas,
-            compute,
-            rows,
-            stride,
-            variant,
-            batch_size,
-            num_workers,
-            device,
-            flush_every_s,
-            progress,
-            desc,
-            degrade,
-        )
-
-
-def _fill_locked(
-    cache: RowCache,
-    index: FaceIndex,
-    canvas: Canvas,
-    compute: Callable[[dict[str, Tensor]], Mapping[str, Tensor]],
-    rows: np.ndarray,
-    stride: int,
-    variant: int,
-    batch_size: int,
-    num_workers: int,
-    device: str | torch.device,
-    flush_every_s: float,
-    progress: bool,
-    desc: str,
-    degrade: Any | None,
-) -> RowCache:
-    """:func:`fill_cache` under the entry's :func:`fill_lock`: the rows still to do are decided here, after
-    another process may have filled them."""
     from tqdm.auto import tqdm
 
     from aikd.data.dataset import face_loader
 
-    todo = rows[~cache.done[rows * stride + variant]]
-    if len(todo) == 0:
+    stride = 1 if degrade is None else int(degrade.variants)
+    rows = np.arange(len(index) if degrade is not None else cache.n) if rows is None else np.asarray(rows, np.int64)
+    if cache.done[rows * stride + variant].all():
         return cache
-    loader = face_loader(
-        index, canvas, todo, batch_size=batch_size, num_workers=num_workers, degrade=degrade, epoch=variant
-    )
-    if len(loader.dataset) == 0:
-        return cache
-    dev = torch.device(device)
-    last = time.monotonic()
-    done_before = int(cache.done.sum())
-    log.info(
-        "%s: %d of %d rows to compute (%d cached) in %s",
-        desc,
-        len(loader.dataset),
-        cache.n,
-        done_before,
-        cache.directory,
-    )
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
-            if len(batch["index"]) == 0:
-                continue
-            cache.write(batch["index"] * stride + variant, **compute(canvas_batch(batch, dev)))
-            if time.monotonic() - last > flush_every_s:
-                cache.flush()
-                last = time.monotonic()
-    cache.flush()
+    with fill_lock(cache, desc):
+        todo = rows[~cache.done[rows * stride + variant]]  # decided under the lock: another run may have filled them
+        if len(todo) == 0:
+            return cache
+        loader = face_loader(
+            index, canvas, todo, batch_size=batch_size, num_workers=num_workers, degrade=degrade, epoch=variant
+        )
+        if len(loader.dataset) == 0:
+            return cache
+        dev = torch.device(device)
+        last = time.monotonic()
+        log.info(
+            "%s: %d of %d rows to compute (%d cached) in %s",
+            desc,
+            len(loader.dataset),
+            cache.n,
+            int(cache.done.sum()),
+            cache.directory,
+        )
+        with torch.inference_mode():
+            for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+                if len(batch["index"]) == 0:
+                    continue
+                cache.write(batch["index"] * stride + variant, **compute(canvas_batch(batch, dev)))
+                if time.monotonic() - last > flush_every_s:
+                    cache.flush()
+                    last = time.monotonic()
+        cache.flush()
     return cache
 
 
